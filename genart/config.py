@@ -1,0 +1,188 @@
+"""Typed configuration: one schema for data, model, training, tuning and serving.
+
+A config is loaded once, from YAML, then environment variables, then ``section.key=value`` overrides
+from the command line, later sources winning. Nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "MAX_IMAGE_PIXELS",
+    "AugmentConfig",
+    "DataConfig",
+    "GenartConfig",
+    "ModelConfig",
+    "Settings",
+    "TrainConfig",
+    "TuneConfig",
+    "load_config",
+    "parse_overrides",
+]
+
+CropPolicy = Literal["crop", "resize"]
+
+#: Larger images are refused before any pixel is decoded (decompression bombs). 64 MP covers camera photos.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where the images are and how they are split."""
+
+    root: Path | None = Field(None, description="dataset root in the GenImage layout")
+    manifest: Path | None = Field(
+        None, description="a split manifest (Parquet) written by `genart data split`"
+    )
+    split_mode: Literal["stratified", "folders"] = "stratified"
+    ratios: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    seed: int = 0
+    generators: list[str] | None = Field(None, description="train only on these generators (None: all)")
+    exclude_generators: list[str] = Field(default_factory=list, description="hold these generators out")
+
+
+class AugmentConfig(_Section):
+    """Training-time augmentations. The JPEG/rescale/blur trio counters detectors that flip on a re-save."""
+
+    hflip: float = Field(0.5, ge=0, le=1)
+    jpeg_p: float = Field(0.3, ge=0, le=1)
+    jpeg_quality: tuple[int, int] = (65, 100)
+    rescale_p: float = Field(0.2, ge=0, le=1)
+    rescale_range: tuple[float, float] = (0.5, 1.0)
+    blur_p: float = Field(0.1, ge=0, le=1)
+    blur_sigma: tuple[float, float] = (0.1, 1.5)
+
+    @field_validator("jpeg_quality")
+    @classmethod
+    def _quality_in_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1] <= 100:
+            raise ValueError("jpeg_quality must be (low, high) with 1 <= low <= high <= 100")
+        return v
+
+
+class ModelConfig(_Section):
+    """Which network, and how it sees its input."""
+
+    name: str = "residual"
+    pretrained: bool = True
+    weights: Path | None = Field(None, description="a local checkpoint of pretrained weights")
+    crop_policy: CropPolicy | None = Field(None, description="override the zoo's input policy")
+    input_size: int | None = Field(None, description="override the zoo's input size (square)")
+    drop_rate: float = 0.0
+
+
+class TrainConfig(_Section):
+    """The training run."""
+
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = 1e-4
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    warmup_epochs: int = 0
+    probe_epochs: int = Field(0, ge=0, description="linear-probe epochs before unfreezing the backbone")
+    early_stop_patience: int = Field(3, ge=0)
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(0.5, gt=0)
+    mixed_precision: bool = True
+    max_failures: int = 2
+    keep_checkpoints: int = 2
+    storage_path: Path = Path("runs")
+    experiment: str = "genart"
+    run_name: str | None = None
+    limit_train_batches: int | None = None
+
+
+class TuneConfig(_Section):
+    """The hyperparameter grid and its scheduler."""
+
+    lr: list[float] = Field(default_factory=lambda: [1e-5, 5e-5, 1e-4, 5e-4, 1e-3])
+    batch_size: list[int] = Field(default_factory=lambda: [16, 32, 64])
+    optimizer: list[str] | None = None
+    schedule: list[str] | None = None
+    max_concurrent: int | None = None
+    grace_period: int = 1
+
+
+class GenartConfig(_Section):
+    """The whole experiment: what `genart train`, `genart tune` and `jobs/*.py` read."""
+
+    data: DataConfig = Field(default_factory=DataConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
+
+
+class Settings(BaseSettings):
+    """Deployment settings from the environment: where Ray, the database and MLflow are."""
+
+    model_config = SettingsConfigDict(env_prefix="GENART_", extra="ignore")
+
+    ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS")
+    database_url: str = Field("sqlite:///genart.db", validation_alias="DATABASE_URL")
+    mlflow_tracking_uri: str = Field("sqlite:///mlflow.db", validation_alias="MLFLOW_TRACKING_URI")
+
+
+def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:
+    """Turn ``["train.lr=1e-4", "model.name=lite0"]`` into a nested dict, values parsed as YAML."""
+    nested: dict[str, Any] = {}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} is not of the form section.key=value")
+        node = nested
+        *parents, leaf = key.strip().split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return nested
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    """``GENART__TRAIN__LR=1e-4`` overrides ``train.lr``: double underscores separate the levels."""
+    items = [
+        f"{key[len('GENART__') :].lower().replace('__', '.')}={value}"
+        for key, value in environ.items()
+        if key.startswith("GENART__")
+    ]
+    return parse_overrides(items)
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    environ: dict[str, str] | None = None,
+) -> GenartConfig:
+    """Load a config: YAML file (optional), then ``GENART__SECTION__KEY`` env vars, then CLI overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        text = Path(path).read_text()
+        raw = yaml.safe_load(text) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"config {path} must be a mapping of sections, got {type(raw).__name__}")
+    raw = _merge(raw, _env_overrides(dict(os.environ if environ is None else environ)))
+    raw = _merge(raw, parse_overrides(overrides))
+    return GenartConfig.model_validate(raw)

@@ -1,0 +1,1 @@
+"""The data layer: GenImage layout, manifests, splits, the sample dataset, preprocessing and Ray Data."""

@@ -1,0 +1,151 @@
+"""Ray Data datasets from a manifest: decoded, transformed, labelled batches for training and inference.
+
+The same decode and transform functions feed a plain PyTorch ``Dataset`` (:class:`ManifestDataset`), used
+for local evaluation and as the baseline in ``make bench-data``, so the two paths cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from genart.config import AugmentConfig
+from genart.data.index import read_manifest, usable
+from genart.data.layout import label_to_target
+from genart.data.transforms import ImageDecodeError, InputSpec, decode_image, eval_transform, train_transform
+
+__all__ = ["ManifestDataset", "decode_batch", "make_dataset", "select_rows"]
+
+log = logging.getLogger(__name__)
+
+
+def select_rows(
+    manifest: pd.DataFrame | str | Path,
+    split: str | None,
+    generators: list[str] | None = None,
+    exclude_generators: list[str] | None = None,
+) -> pd.DataFrame:
+    """Usable rows of one split (``None``: all), optionally restricted to some generators.
+
+    Returns ``path``, ``target`` (0 nature, 1 ai), ``label`` and ``generator``, in manifest order.
+    """
+    df = read_manifest(manifest) if isinstance(manifest, str | Path) else manifest
+    rows = usable(df)
+    if split is not None:
+        present = sorted(rows["split"].dropna().unique())
+        if split not in present:
+            raise ValueError(
+                f"no usable rows in split {split!r} (splits present: {present}); "
+                "run `genart data split` to make train/val/test"
+            )
+        rows = rows[rows["split"] == split]
+    if generators:
+        unknown = sorted(set(generators) - set(df["generator"].dropna()))
+        if unknown:
+            raise ValueError(f"generators not in the manifest: {unknown}")
+        rows = rows[rows["generator"].isin(generators)]
+    if exclude_generators:
+        rows = rows[~rows["generator"].isin(exclude_generators)]
+    out = rows[["path", "label", "generator"]].reset_index(drop=True)
+    out["target"] = out["label"].map(label_to_target).astype("int64")
+    return out
+
+
+def _transform(spec: dict[str, Any], training: bool, augment: dict[str, Any] | None):
+    input_spec = InputSpec.from_dict(spec)
+    if training:
+        return train_transform(input_spec, AugmentConfig.model_validate(augment or {}))
+    return eval_transform(input_spec)
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray],
+    spec: dict[str, Any],
+    training: bool = False,
+    augment: dict[str, Any] | None = None,
+) -> dict[str, np.ndarray]:
+    """Read, decode and transform a batch of manifest rows into ``image`` (N, 3, H, W float32) and labels.
+
+    A file that no longer decodes (changed since it was indexed) is dropped with a warning, so one bad file
+    cannot kill a multi-hour training run.
+    """
+    transform = _transform(spec, training, augment)
+    images, keep = [], []
+    for i, path in enumerate(batch["path"]):
+        try:
+            with open(path, "rb") as f:
+                images.append(transform(decode_image(f.read())).numpy())
+            keep.append(i)
+        except (OSError, ImageDecodeError) as exc:
+            log.warning("skipping %s: %s", path, exc)
+    size = int(spec.get("input_size", 224))
+    stacked = np.stack(images) if images else np.zeros((0, 3, size, size), np.float32)
+    return {
+        "image": stacked.astype(np.float32, copy=False),
+        "target": np.asarray(batch["target"])[keep].astype(np.int64),
+        "generator": np.asarray(batch["generator"])[keep],
+        "path": np.asarray(batch["path"])[keep],
+    }
+
+
+def make_dataset(
+    rows: pd.DataFrame,
+    spec: InputSpec,
+    training: bool = False,
+    augment: AugmentConfig | None = None,
+    seed: int | None = 0,
+    batch_size: int = 32,
+    num_cpus: float = 1.0,
+    num_blocks: int | None = None,
+):
+    """A lazy Ray Dataset streaming decoded batches from ``rows`` (see :func:`select_rows`).
+
+    Rows are shuffled once with ``seed`` when training; the train loop adds a local shuffle buffer per
+    epoch. Decoding runs in Ray tasks of ``num_cpus`` each, in parallel across the cluster.
+    """
+    import ray.data
+
+    table = rows[["path", "target", "generator"]]
+    if training and seed is not None:
+        table = table.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    blocks = num_blocks or max(1, min(len(table) // batch_size, 200))
+    # Split here rather than with override_num_blocks: Ray 2.60 splits with np.array_split, which returns
+    # bare arrays for pandas 3 DataFrames and then fails.
+    bounds = np.linspace(0, len(table), blocks + 1).astype(int)
+    ds = ray.data.from_pandas([table.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
+    return ds.map_batches(
+        decode_batch,
+        batch_size=batch_size,
+        batch_format="numpy",
+        num_cpus=num_cpus,
+        fn_kwargs={
+            "spec": spec.to_dict(),
+            "training": training,
+            "augment": augment.model_dump(mode="json") if augment else None,
+        },
+    )
+
+
+class ManifestDataset(Dataset):
+    """A map-style PyTorch dataset over manifest rows, with the very same decode and transform."""
+
+    def __init__(
+        self, rows: pd.DataFrame, spec: InputSpec, training: bool = False, augment: AugmentConfig | None = None
+    ) -> None:
+        self.paths = rows["path"].tolist()
+        self.targets = rows["target"].astype("int64").tolist()
+        self.generators = rows["generator"].tolist()
+        self.transform = train_transform(spec, augment) if training else eval_transform(spec)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with open(self.paths[i], "rb") as f:
+            return self.transform(decode_image(f.read())), self.targets[i]

@@ -1,0 +1,240 @@
+"""THE preprocessing: decoding, the eval transform and the train augmentations.
+
+Training, evaluation, Ray Data, serving and export all call these functions; nothing else in genart
+resizes, crops or normalises an image. A model's input policy (:class:`InputSpec`) comes from timm's data
+config and is stored in every artefact, so a served model sees exactly what it was trained on.
+
+Two policies exist. ``resize`` is timm's standard (resize the short side, centre-crop by ``crop_pct``),
+right for content models fine-tuned from ImageNet. ``crop`` never resamples: it takes a window at native
+resolution (padding by reflection when the image is smaller), because resampling destroys the
+pixel-level correlations that artefact detectors look for.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from timm.data import create_transform
+from torchvision import transforms as T
+
+from genart.config import MAX_IMAGE_PIXELS, AugmentConfig
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageDecodeError",
+    "InputSpec",
+    "RandomBlur",
+    "RandomJPEG",
+    "RandomRescale",
+    "decode_image",
+    "eval_transform",
+    "jpeg_resave",
+    "rescale",
+    "train_transform",
+]
+
+DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not an image genart can use. The message says why, for a 4xx answer or a manifest row."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model expects: size, normalisation and how an image is brought to that size."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    crop_policy: Literal["crop", "resize"] = "resize"
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+
+    @classmethod
+    def from_timm(cls, data_config: dict[str, Any], crop_policy: Literal["crop", "resize"] = "resize") -> InputSpec:
+        """Build from ``timm.data.resolve_model_data_config(model)``, the single source of a model's input."""
+        size = data_config["input_size"]
+        return cls(
+            input_size=int(size[-1]),
+            mean=tuple(float(x) for x in data_config["mean"]),
+            std=tuple(float(x) for x in data_config["std"]),
+            crop_policy=crop_policy,
+            crop_pct=float(data_config.get("crop_pct", 0.875)),
+            interpolation=str(data_config.get("interpolation", "bicubic")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> InputSpec:
+        known = {k: raw[k] for k in cls.__dataclass_fields__ if k in raw}
+        for key in ("mean", "std"):
+            if key in known:
+                known[key] = tuple(known[key])
+        return cls(**known)
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode bytes to an upright RGB image, or raise :class:`ImageDecodeError` saying why.
+
+    EXIF orientation is applied, palette/CMYK/greyscale become RGB, and transparency is composited on
+    white. The pixel count is checked from the header, before any pixel is decoded.
+    """
+    if not data:
+        raise ImageDecodeError("empty file")
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not a recognised image format") from exc
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageDecodeError(f"cannot open image: {exc}") from exc
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, above the {max_pixels} limit")
+    if width < 1 or height < 1:
+        raise ImageDecodeError("image has no pixels")
+    try:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return _to_rgb(image)
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        image = image.point(lambda v: v / 256).convert("L")
+    return image.convert("RGB")
+
+
+def jpeg_resave(image: Image.Image, quality: int) -> Image.Image:
+    """Re-encode as JPEG at ``quality`` and decode again, as a re-save or an upload would."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=int(quality))
+    buffer.seek(0)
+    with Image.open(buffer) as resaved:
+        return resaved.convert("RGB")
+
+
+def rescale(image: Image.Image, factor: float) -> Image.Image:
+    """Scale both sides by ``factor`` with antialiasing, as a thumbnail would be made."""
+    width, height = image.size
+    size = (max(1, round(width * factor)), max(1, round(height * factor)))
+    return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
+
+
+class RandomJPEG:
+    """With probability ``p``, re-save as JPEG at a quality drawn from ``quality``."""
+
+    def __init__(self, p: float, quality: tuple[int, int]) -> None:
+        self.p, self.quality = p, quality
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if random.random() >= self.p:
+            return image
+        return jpeg_resave(image, random.randint(*self.quality))
+
+
+class RandomRescale:
+    """With probability ``p``, rescale by a factor drawn from ``scale``."""
+
+    def __init__(self, p: float, scale: tuple[float, float]) -> None:
+        self.p, self.scale = p, scale
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if random.random() >= self.p:
+            return image
+        return rescale(image, random.uniform(*self.scale))
+
+
+class RandomBlur:
+    """With probability ``p``, Gaussian blur with a sigma drawn from ``sigma``."""
+
+    def __init__(self, p: float, sigma: tuple[float, float]) -> None:
+        self.p, self.sigma = p, sigma
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if random.random() >= self.p:
+            return image
+        return image.filter(ImageFilter.GaussianBlur(random.uniform(*self.sigma)))
+
+
+class PadToSize:
+    """Reflect-pad an image up to ``size`` on each side, so a native-resolution crop never sees black bars."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        if width >= self.size and height >= self.size:
+            return image
+        tensor = T.functional.pil_to_tensor(image)
+        pad_w, pad_h = max(0, self.size - width), max(0, self.size - height)
+        padding = [pad_w // 2, pad_h // 2, pad_w - pad_w // 2, pad_h - pad_h // 2]
+        # Reflection needs padding smaller than the side; tiny images fall back to edge replication.
+        mode = "reflect" if pad_w < width and pad_h < height else "edge"
+        return T.functional.to_pil_image(T.functional.pad(tensor, padding, padding_mode=mode))
+
+
+def _timm_transform(spec: InputSpec, is_training: bool, hflip: float = 0.0) -> Transform:
+    """timm's own recipe for the ``resize`` policy, with colour jitter off (colour is a signal here)."""
+    return create_transform(
+        input_size=(3, spec.input_size, spec.input_size),
+        is_training=is_training,
+        scale=(0.5, 1.0),
+        hflip=hflip,
+        color_jitter=0.0,
+        interpolation=spec.interpolation,
+        mean=spec.mean,
+        std=spec.std,
+        crop_pct=spec.crop_pct,
+    )
+
+
+def _native_crop(spec: InputSpec, random_crop: bool, hflip: float = 0.0) -> list[Callable[..., Any]]:
+    crop = T.RandomCrop(spec.input_size) if random_crop else T.CenterCrop(spec.input_size)
+    flips = [T.RandomHorizontalFlip(hflip)] if hflip > 0 else []
+    return [PadToSize(spec.input_size), crop, *flips, T.ToTensor(), T.Normalize(mean=spec.mean, std=spec.std)]
+
+
+def eval_transform(spec: InputSpec) -> Transform:
+    """The deterministic transform used by evaluation, serving and export parity checks."""
+    if spec.crop_policy == "crop":
+        return T.Compose(_native_crop(spec, random_crop=False))
+    return _timm_transform(spec, is_training=False)
+
+
+def train_transform(spec: InputSpec, augment: AugmentConfig | None = None) -> Transform:
+    """Training augmentations, then the same geometry and normalisation policy as :func:`eval_transform`.
+
+    Degradations come first and in the order the web applies them: blur, thumbnailing, then a JPEG
+    re-save. The crop is random (native resolution for ``crop``, random-resized for ``resize``).
+    """
+    aug = augment or AugmentConfig()
+    degrade = [
+        RandomBlur(aug.blur_p, aug.blur_sigma),
+        RandomRescale(aug.rescale_p, aug.rescale_range),
+        RandomJPEG(aug.jpeg_p, aug.jpeg_quality),
+    ]
+    if spec.crop_policy == "crop":
+        return T.Compose([*degrade, *_native_crop(spec, random_crop=True, hflip=aug.hflip)])
+    return T.Compose([*degrade, _timm_transform(spec, is_training=True, hflip=aug.hflip)])

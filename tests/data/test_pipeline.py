@@ -1,0 +1,70 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from genart.data.pipeline import ManifestDataset, decode_batch, make_dataset, select_rows
+from genart.data.transforms import InputSpec
+
+SPEC = InputSpec(32, mean=(0.5,) * 3, std=(0.5,) * 3, crop_policy="crop")
+
+
+def test_select_rows_filters_split_and_generators(synth_manifest: Path) -> None:
+    train = select_rows(synth_manifest, "train")
+    assert set(train.columns) == {"path", "label", "generator", "target"}
+    assert set(train["target"]) == {0, 1} and (train["target"] == (train["label"] == "ai")).all()
+    only = select_rows(synth_manifest, "train", generators=["imagenet_glide"])
+    assert set(only["generator"]) == {"imagenet_glide"}
+    without = select_rows(synth_manifest, "train", exclude_generators=["imagenet_glide"])
+    assert len(only) + len(without) == len(train)
+    with pytest.raises(ValueError, match="not in the manifest"):
+        select_rows(synth_manifest, "train", generators=["nope"])
+
+
+def test_select_rows_needs_a_split_manifest(synth_root: Path, tmp_path: Path) -> None:
+    from genart.data.index import index_tree
+
+    index_tree(synth_root / "imagenet_glide", tmp_path / "m.parquet", workers=1, progress=False)
+    with pytest.raises(ValueError, match="genart data split"):
+        select_rows(tmp_path / "m.parquet", "test")
+
+
+def test_decode_batch_drops_files_that_no_longer_decode(tmp_path: Path, write_image) -> None:
+    good = write_image(tmp_path / "good.png", size=(40, 40))
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    batch = {
+        "path": np.array([str(good), str(tmp_path / "bad.png"), str(tmp_path / "gone.png")]),
+        "target": np.array([1, 0, 1]),
+        "generator": np.array(["g", "g", "g"]),
+    }
+    out = decode_batch(batch, SPEC.to_dict())
+    assert out["image"].shape == (1, 3, 32, 32) and out["target"].tolist() == [1]
+
+
+@pytest.mark.ray
+def test_ray_pipeline_yields_labelled_batches_equal_to_the_torch_dataset(synth_manifest: Path, ray_cluster) -> None:
+    rows = select_rows(synth_manifest, "val")
+    ds = make_dataset(rows, SPEC, training=False, batch_size=8)
+    tensors = ds.select_columns(["image", "target"])
+    batches = list(tensors.iter_torch_batches(batch_size=8, dtypes={"image": torch.float32, "target": torch.int64}))
+    images = torch.cat([b["image"] for b in batches])
+    assert images.shape == (len(rows), 3, 32, 32) and images.dtype == torch.float32
+    assert set(torch.cat([b["target"] for b in batches]).tolist()) == {0, 1}
+    # One pass that keeps the path with each image (order across passes is not guaranteed).
+    torch_ds = ManifestDataset(rows, SPEC)
+    by_path = {p: i for i, p in enumerate(rows["path"])}
+    batch = next(iter(ds.iter_batches(batch_size=8, batch_format="numpy")))
+    for image, target, path in zip(batch["image"], batch["target"], batch["path"], strict=True):
+        expected, expected_target = torch_ds[by_path[path]]
+        assert torch.equal(torch.from_numpy(image), expected) and target == expected_target
+
+
+@pytest.mark.ray
+def test_ray_training_pipeline_augments_and_shuffles(synth_manifest: Path, ray_cluster) -> None:
+    rows = select_rows(synth_manifest, "train")
+    ds = make_dataset(rows, SPEC, training=True, seed=1, batch_size=16)
+    batch = next(iter(ds.iter_batches(batch_size=16, batch_format="numpy")))
+    assert batch["image"].shape == (16, 3, 32, 32)
+    assert list(batch["path"]) != list(rows["path"][:16])
+    assert set(batch["generator"]) <= set(rows["generator"])

@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from genart.config import AugmentConfig
+from genart.data.transforms import (
+    ImageDecodeError,
+    InputSpec,
+    RandomJPEG,
+    decode_image,
+    eval_transform,
+    jpeg_resave,
+    rescale,
+    train_transform,
+)
+from tests.conftest import image_bytes, png_bomb
+
+SPECS = [InputSpec(64, crop_policy="crop"), InputSpec(64, crop_policy="resize", mean=(0.5,) * 3, std=(0.5,) * 3)]
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.crop_policy)
+@pytest.mark.parametrize("size", [(32, 20), (64, 64), (300, 151)])
+def test_transforms_give_normalised_float_tensors_of_the_input_size(spec: InputSpec, size) -> None:
+    image = decode_image(image_bytes(size))
+    for transform in (eval_transform(spec), train_transform(spec, AugmentConfig(jpeg_p=1, rescale_p=1, blur_p=1))):
+        out = transform(image)
+        assert out.shape == (3, 64, 64) and out.dtype == torch.float32
+        assert torch.isfinite(out).all()
+        lo = min((0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True))
+        hi = max((1 - m) / s for m, s in zip(spec.mean, spec.std, strict=True))
+        assert lo - 1e-4 <= out.min() and out.max() <= hi + 1e-4
+
+
+def test_crop_policy_never_resamples_pixels() -> None:
+    array = np.random.default_rng(0).integers(0, 256, (100, 120, 3), dtype=np.uint8)
+    spec = InputSpec(64, mean=(0.0,) * 3, std=(1.0,) * 3, crop_policy="crop")
+    out = eval_transform(spec)(Image.fromarray(array))
+    expected = array[18:82, 28:92].transpose(2, 0, 1) / 255.0
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-6)
+
+
+def test_eval_transform_is_deterministic() -> None:
+    image = decode_image(image_bytes((90, 70)))
+    for spec in SPECS:
+        assert torch.equal(eval_transform(spec)(image), eval_transform(spec)(image))
+
+
+def test_input_spec_comes_from_timm_and_round_trips() -> None:
+    model = timm.create_model("resnet18", pretrained=False, num_classes=2)
+    spec = InputSpec.from_timm(timm.data.resolve_model_data_config(model), crop_policy="crop")
+    assert spec.input_size == 224 and spec.mean == (0.485, 0.456, 0.406) and spec.crop_policy == "crop"
+    assert InputSpec.from_dict(spec.to_dict()) == spec
+    assert InputSpec.from_dict({**spec.to_dict(), "unknown": 1}) == spec
+
+
+def test_decode_applies_exif_orientation_and_makes_rgb() -> None:
+    import io
+
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = image.getexif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    assert decode_image(buffer.getvalue()).size == (20, 40)
+    for mode in ("CMYK", "L", "P", "RGBA", "LA", "I;16"):
+        fmt = "JPEG" if mode == "CMYK" else "PNG" if mode != "P" else "GIF"
+        decoded = decode_image(image_bytes((30, 30), fmt, mode=mode))
+        assert decoded.mode == "RGB" and decoded.size == (30, 30)
+
+
+def test_decode_composites_transparency_on_white() -> None:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(buffer, format="PNG")
+    assert decode_image(buffer.getvalue()).getpixel((0, 0)) == (255, 255, 255)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"", "empty"),
+        (b"<html>not an image</html>", "not a recognised image"),
+        (image_bytes((64, 64), "JPEG")[:300], "(?i)truncated"),
+        (image_bytes((64, 64), "JPEG")[:-200], "(?i)truncated"),
+        (png_bomb(), "pixels"),
+    ],
+)
+def test_decode_rejects_bad_bytes_with_a_reason(data: bytes, message: str) -> None:
+    with pytest.raises(ImageDecodeError, match=message):
+        decode_image(data)
+
+
+def test_decode_respects_a_lower_pixel_limit() -> None:
+    with pytest.raises(ImageDecodeError, match="limit"):
+        decode_image(image_bytes((100, 100)), max_pixels=5000)
+
+
+def test_degradations_change_pixels_as_described() -> None:
+    image = decode_image(image_bytes((64, 64)))
+    resaved = jpeg_resave(image, 50)
+    assert resaved.size == image.size and resaved.tobytes() != image.tobytes()
+    assert rescale(image, 0.5).size == (32, 32)
+    assert RandomJPEG(p=0.0, quality=(50, 50))(image) is image
+    assert RandomJPEG(p=1.0, quality=(50, 50))(image).tobytes() == resaved.tobytes()
+
+
+def test_augment_config_validates_quality_range() -> None:
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        AugmentConfig(jpeg_quality=(90, 50))

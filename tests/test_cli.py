@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from genart.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    return result
+
+
+@pytest.mark.parametrize(
+    "command", [[], ["data"], ["data", "synth"], ["data", "index"], ["data", "split"], ["data", "report"]]
+)
+def test_every_command_has_help(command: list[str]) -> None:
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_data_commands_chain_from_synth_to_report(tmp_path: Path) -> None:
+    root, manifest = tmp_path / "g", tmp_path / "m.parquet"
+    result = invoke(
+        "data", "synth", "--out", str(root), "--images-per-class", "4", "--size", "48", "--workers", "1"
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in root.iterdir() if p.is_dir())[0] == "imagenet_ai_0419_biggan"
+    assert invoke("data", "index", str(root), "--out", str(manifest), "--workers", "1").exit_code == 0
+    result = invoke("data", "split", str(manifest))
+    assert result.exit_code == 0 and "sha256 in two splits: 0" in result.output
+    split = tmp_path / "m.split.parquet"
+    result = invoke("data", "report", str(split), "--out", str(tmp_path / "report"))
+    assert result.exit_code == 0
+    assert "format alone predicts the label" in result.output  # the default formats copy the benchmark's trap
+    assert (tmp_path / "report" / "report.md").exists()
+
+
+def test_data_commands_fail_clearly_on_bad_input(tmp_path: Path) -> None:
+    result = invoke("data", "index", str(tmp_path / "missing"))
+    assert result.exit_code == 2 and "not a directory" in result.output
+    result = invoke("data", "split", str(tmp_path / "missing.parquet"))
+    assert result.exit_code == 2 and "genart data index" in result.output
+    result = invoke("data", "report", str(tmp_path / "missing.parquet"))
+    assert result.exit_code == 2
+    result = invoke("data", "synth", "--out", str(tmp_path / "x"), "--images-per-class", "0")
+    assert result.exit_code == 2 and "error:" in result.output

@@ -1,0 +1,52 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from genart.config import GenartConfig, Settings, load_config, parse_overrides
+
+
+def test_defaults_are_a_valid_cpu_config() -> None:
+    config = load_config(environ={})
+    assert config == GenartConfig()
+    assert config.train.cpus_per_worker < 1  # leaves CPU for Ray Data on a 2-core machine
+
+
+def test_yaml_then_env_then_cli_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: lite0\ntrain:\n  lr: 0.01\n  epochs: 3\n")
+    config = load_config(
+        path,
+        overrides=["train.epochs=7", "data.generators=[imagenet_glide]"],
+        environ={"GENART__TRAIN__LR": "0.5", "GENART__TRAIN__EPOCHS": "5", "UNRELATED": "x"},
+    )
+    assert config.model.name == "lite0"
+    assert config.train.lr == 0.5  # env beats YAML
+    assert config.train.epochs == 7  # CLI beats env
+    assert config.data.generators == ["imagenet_glide"]
+
+
+def test_unknown_keys_and_bad_values_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="lrr"):
+        load_config(overrides=["train.lrr=1"], environ={})
+    with pytest.raises(ValidationError):
+        load_config(overrides=["train.epochs=0"], environ={})
+    path = tmp_path / "list.yaml"
+    path.write_text("- 1\n- 2\n")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(path, environ={})
+
+
+def test_parse_overrides_needs_key_and_value() -> None:
+    assert parse_overrides(["a.b.c=1", "a.d=x"]) == {"a": {"b": {"c": 1}, "d": "x"}}
+    with pytest.raises(ValueError, match=r"section\.key=value"):
+        parse_overrides(["nonsense"])
+
+
+def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert Settings().database_url == "sqlite:///genart.db"
+    assert Settings().mlflow_tracking_uri == "sqlite:///mlflow.db"
+    monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1/test")
+    assert Settings().database_url.startswith("postgresql+psycopg")
