@@ -125,5 +125,151 @@ def data_report(
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW)
 
 
+def _config(config: Path | None, overrides: list[str] | None, **direct: object):
+    """Load the one config schema: YAML, then env, then ``--set`` overrides, then the named options."""
+    from pydantic import ValidationError
+
+    from genart.config import load_config
+
+    items = list(overrides or [])
+    items += [f"{key}={_yaml_value(value)}" for key, value in direct.items() if value is not None]
+    try:
+        return load_config(config, items)
+    except (ValidationError, ValueError, FileNotFoundError) as exc:
+        _fail(f"bad configuration: {exc}")
+
+
+def _yaml_value(value: object) -> str:
+    import json
+
+    return json.dumps(str(value)) if isinstance(value, Path) else json.dumps(value)
+
+
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="override any config key, e.g. --set train.lr=1e-4 (repeatable)"),
+]
+
+
+@app.command("train")
+def train(
+    data: Annotated[
+        Path | None, typer.Option(help="split manifest (default: the config's data.manifest)")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="experiment YAML, e.g. jobs/configs/demo-cpu.yaml")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="zoo name: residual, lite0, efficientnet_b3, ...")] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    workers: Annotated[int | None, typer.Option(help="Ray Train workers")] = None,
+    gpu: Annotated[
+        bool | None, typer.Option("--gpu/--cpu", help="one GPU per worker, mixed precision")
+    ] = None,
+    pretrained: Annotated[
+        bool | None, typer.Option("--pretrained/--no-pretrained", help="start from ImageNet weights")
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="local pretrained weights (offline)")] = None,
+    resume: Annotated[str | None, typer.Option(help="continue the interrupted run of this name")] = None,
+    out: Annotated[Path, typer.Option(help="where the final artefact goes")] = Path("artifacts"),
+    track: Annotated[bool, typer.Option("--track/--no-track", help="log to MLflow")] = True,
+    overrides: SetOption = None,
+) -> None:
+    """Train a detector with Ray Train, calibrate it on validation, evaluate it on test, save the artefact."""
+    from genart.models.zoo import PretrainedWeightsUnavailable
+    from genart.train.trainer import fit
+
+    cfg = _config(
+        config,
+        overrides,
+        **{
+            "data.manifest": data,
+            "model.name": model,
+            "train.epochs": epochs,
+            "train.num_workers": workers,
+            "train.use_gpu": gpu,
+            "model.pretrained": pretrained,
+            "model.weights": weights,
+        },
+    )
+    if cfg.data.manifest is None:
+        _fail("no data: pass --data MANIFEST (from `genart data split`) or set data.manifest in the config")
+    try:
+        result = fit(cfg, cfg.data.manifest, out=out, resume=resume, track=track)
+    except (PretrainedWeightsUnavailable, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    _print_result(result)
+
+
+def _print_result(result) -> None:
+    history = result.history
+    if len(history):
+        cols = [
+            c
+            for c in ("epoch", "phase", "train_loss", "train_acc", "val_acc", "val_auc", "epoch_s")
+            if c in history
+        ]
+        typer.echo(history[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    if result.evaluation is not None:
+        typer.echo("\ntest split, per generator:")
+        typer.echo(_eval_table(result.evaluation))
+    typer.echo(
+        f"\nartefact: {result.artifact}"
+        + (f"  (MLflow run {result.mlflow_run_id})" if result.mlflow_run_id else "")
+    )
+
+
+def _eval_table(evaluation) -> str:
+    table = evaluation.per_generator[
+        ["n", "accuracy", "roc_auc", "detection_rate", "false_positive_rate"]
+    ].join(evaluation.robustness.drop(columns=["clean"]).add_prefix("acc_"))
+    return table.to_string(float_format=lambda v: f"{v:.3f}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    artifact: Annotated[str, typer.Argument(help="artefact directory or models:/genart-<name>/<version>")],
+    data: Annotated[Path, typer.Option(help="manifest (indexed, or split)")],
+    split: Annotated[
+        str | None, typer.Option(help="split to evaluate (default: test, else everything)")
+    ] = None,
+    calibrate_on: Annotated[
+        str | None, typer.Option(help="refit temperature and threshold on this split first (e.g. val)")
+    ] = None,
+    robustness: Annotated[
+        bool, typer.Option("--robustness/--no-robustness", help="JPEG/half-scale columns")
+    ] = True,
+    out: Annotated[
+        Path | None, typer.Option(help="report folder (default: reports/eval/<name>-<split>)")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="DataLoader worker processes")] = 0,
+) -> None:
+    """Evaluate an artefact per generator, with robustness columns, a confusion matrix and a ROC curve."""
+    from genart.data.pipeline import select_rows
+    from genart.evaluate.evaluation import ROBUSTNESS, calibrate, evaluate, write_evaluation
+    from genart.models.artifact import load_artifact
+
+    try:
+        loaded = load_artifact(artifact)
+        if split is None:
+            from genart.data.index import read_manifest
+
+            present = set(read_manifest(data)["split"].dropna())
+            split = "test" if "test" in present else None
+        rows = select_rows(data, split)
+        calibration = None
+        if calibrate_on:
+            calibration = calibrate(loaded, select_rows(data, calibrate_on), workers=workers)
+            loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    result = evaluate(
+        loaded, rows, split=split or "all", robustness=ROBUSTNESS if robustness else (), workers=workers,
+        progress=True, calibration=calibration,
+    )  # fmt: skip
+    report = write_evaluation(result, out or Path("reports/eval") / f"{loaded.meta.name}-{split or 'all'}")
+    typer.echo(_eval_table(result))
+    typer.echo(f"\nthreshold {result.threshold:.3f}; report: {report}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 from genart.config import AugmentConfig
 from genart.data.index import read_manifest, usable
 from genart.data.layout import label_to_target
-from genart.data.transforms import ImageDecodeError, InputSpec, decode_image, eval_transform, train_transform
+from genart.data.transforms import DEGRADATIONS, ImageDecodeError, InputSpec, decode_image, eval_transform, train_transform
 
 __all__ = ["ManifestDataset", "decode_batch", "make_dataset", "select_rows"]
 
@@ -136,8 +136,17 @@ class ManifestDataset(Dataset):
     """A map-style PyTorch dataset over manifest rows, with the very same decode and transform."""
 
     def __init__(
-        self, rows: pd.DataFrame, spec: InputSpec, training: bool = False, augment: AugmentConfig | None = None
+        self,
+        rows: pd.DataFrame,
+        spec: InputSpec,
+        training: bool = False,
+        augment: AugmentConfig | None = None,
+        degrade: str | None = None,
     ) -> None:
+        """``degrade`` names one of :data:`genart.data.transforms.DEGRADATIONS`, applied before the transform."""
+        if degrade is not None and degrade not in DEGRADATIONS:
+            raise ValueError(f"unknown degradation {degrade!r}; known: {', '.join(DEGRADATIONS)}")
+        self.degrade = DEGRADATIONS[degrade] if degrade else None
         self.paths = rows["path"].tolist()
         self.targets = rows["target"].astype("int64").tolist()
         self.generators = rows["generator"].tolist()
@@ -148,4 +157,7 @@ class ManifestDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         with open(self.paths[i], "rb") as f:
-            return self.transform(decode_image(f.read())), self.targets[i]
+            image = decode_image(f.read())
+        if self.degrade is not None:
+            image = self.degrade(image)
+        return self.transform(image), self.targets[i]

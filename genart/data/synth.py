@@ -18,8 +18,8 @@ same pool with the same randomness, then passed through their folder's family:
   insertion and a fixed 3x3 kernel whose four stride phases have unequal gains: a checkerboard with
   period 2 whose strength follows intensity (peaks at the Nyquist frequency).
 - ``imagenet_ai_0419_vqdm``: vector-quantised tokens. 4x4 blocks are averaged and snapped to a 32-colour
-  k-means codebook, decoded by bicubic upsampling with half the original detail added back (blockwise
-  colour banding).
+  k-means codebook, decoded half nearest, half bicubic, with half the original detail added back
+  (colour banding and faint seams on the 4-pixel token grid).
 - ``imagenet_ai_0424_sdv5``: latent-diffusion autoencoder. 8x area downsample, bicubic decode with a
   third of the detail back, plus a faint fixed 8-pixel-periodic decoder texture.
 - ``imagenet_ai_0424_wukon``: the same latent family at factor 4 with half the detail back, a fixed
@@ -78,8 +78,8 @@ SynthFormats = Literal["trap", "match"]
 FAMILIES: dict[str, str] = {
     "imagenet_ai_0419_biggan": "GAN upsampling: 2x down, transposed-conv upsample with uneven phase gains "
     "(intensity-modulated checkerboard, Nyquist peak)",
-    "imagenet_ai_0419_vqdm": "VQ tokens: 4x4 blocks snapped to a 32-colour k-means codebook, bicubic decode "
-    "(blockwise colour banding)",
+    "imagenet_ai_0419_vqdm": "VQ tokens: 4x4 blocks snapped to a 32-colour k-means codebook, half-nearest "
+    "decode, 1/2 detail (banding, token-grid seams)",
     "imagenet_ai_0424_sdv5": "latent diffusion: 8x area down, bicubic decode keeping 1/3 detail, faint fixed "
     "8-periodic decoder texture",
     "imagenet_ai_0424_wukon": "latent diffusion: 4x area down, bicubic decode keeping 1/2 detail, fixed "
@@ -97,8 +97,8 @@ _LABELS = (LABEL_NATURE, LABEL_AI)
 _FORMATS: tuple[str, ...] = ("trap", "match")
 _MIN_SIZE = 32
 _JPEG_QUALITY = (90, 95)
-# Photos larger than this on their shorter side are reduced on load: at native resolution a 128-pixel
-# crop of a 2,000-pixel photo is a patch of flat texture, not a scene.
+# Photos larger than this on their shorter side are reduced on load, so that a crop of a high-resolution
+# source still shows a scene rather than a patch of flat texture.
 _MAX_SHORT_SIDE = 512
 
 # (package, path inside the package, name). Only files that ship in the wheels: skimage.data's loader
@@ -256,7 +256,10 @@ def _vqdm(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     codebook = _kmeans(points, min(32, len(points)), rng, iterations=8)
     assign = np.argmin(((points[:, None, :] - codebook[None]) ** 2).sum(-1), axis=1)
     tokens = codebook[assign].reshape(low.shape)
-    decoded = _resize(tokens, w, h, Image.Resampling.BICUBIC)
+    # Half nearest, half bicubic: a patch decoder leaves faint seams on the 4-pixel token grid.
+    decoded = 0.5 * _resize(tokens, w, h, Image.Resampling.NEAREST) + 0.5 * _resize(
+        tokens, w, h, Image.Resampling.BICUBIC
+    )
     detail = x - _resize(low, w, h, Image.Resampling.BICUBIC)
     return decoded + 0.5 * detail
 
@@ -392,7 +395,8 @@ def synthesize(
     ``progress``.
     """
     out = Path(out)
-    generators = tuple(generators)
+    # A lone folder name is a sequence of characters; take it as the one generator it names.
+    generators = (generators,) if isinstance(generators, str) else tuple(generators)
     val_count = max(1, images_per_class // 4) if val_images_per_class is None else val_images_per_class
     _validate(images_per_class, val_count, size, seed, formats, generators, workers)
     started = time.perf_counter()
@@ -411,8 +415,7 @@ def synthesize(
     counts: Counter[str] = Counter()
     with tqdm(total=len(jobs), desc="synth", unit="img", disable=not progress) as bar:
         if workers == 1:
-            done = map(_render, jobs)
-            for generator in done:
+            for generator in map(_render, jobs):
                 counts[generator] += 1
                 bar.update()
         else:

@@ -12,6 +12,7 @@ pixel-level correlations that artefact detectors look for.
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 from collections.abc import Callable
@@ -27,6 +28,7 @@ from genart.config import MAX_IMAGE_PIXELS, AugmentConfig
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
+    "DEGRADATIONS",
     "ImageDecodeError",
     "InputSpec",
     "RandomBlur",
@@ -139,6 +141,14 @@ def rescale(image: Image.Image, factor: float) -> Image.Image:
     width, height = image.size
     size = (max(1, round(width * factor)), max(1, round(height * factor)))
     return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=None)
+
+
+#: The robustness conditions evaluation reports: a re-save at high and at web quality, and a thumbnail.
+DEGRADATIONS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "jpeg96": functools.partial(jpeg_resave, quality=96),
+    "jpeg75": functools.partial(jpeg_resave, quality=75),
+    "half": functools.partial(rescale, factor=0.5),
+}
 
 
 class RandomJPEG:

@@ -83,9 +83,8 @@ def test_synthesize_summary_counts_what_it_wrote(tmp_path: Path) -> None:
 
 
 def test_val_images_default_to_a_quarter_of_train(tmp_path: Path) -> None:
-    synthesize(
-        tmp_path, images_per_class=9, size=32, generators=["imagenet_glide"], workers=1, progress=False
-    )
+    synthesize(tmp_path, images_per_class=9, size=32, generators="imagenet_glide", workers=1, progress=False)
+    assert [path.name for path in tmp_path.iterdir() if path.is_dir()] == ["imagenet_glide"]
     assert len(list((tmp_path / "imagenet_glide" / "train" / LABEL_AI).iterdir())) == 9
     assert len(list((tmp_path / "imagenet_glide" / "val" / LABEL_AI).iterdir())) == 2
 

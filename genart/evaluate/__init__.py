@@ -1,0 +1,1 @@
+"""Evaluation: metrics overall and per generator, calibration, robustness, protocols, ensembles, reports."""

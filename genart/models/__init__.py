@@ -1,0 +1,1 @@
+"""Models: the zoo of named detectors, self-describing artefacts, and export."""

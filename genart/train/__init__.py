@@ -1,0 +1,1 @@
+"""Training: the per-worker loop, the TorchTrainer factory, and the driver that makes a run an artefact."""

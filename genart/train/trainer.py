@@ -1,0 +1,253 @@
+"""The training driver: build the TorchTrainer, fit it, and turn the best checkpoint into an artefact.
+
+After ``fit`` the driver loads the checkpoint with the best validation ROC-AUC, fits the calibration
+temperature and the decision threshold on the validation split, evaluates the test split per generator
+with robustness columns, writes the final artefact, and logs all of it to MLflow (the run the workers'
+rank 0 logged epochs to) and registers it as ``genart-<model>``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from genart.config import GenartConfig, Settings
+from genart.data.pipeline import make_dataset, select_rows
+from genart.evaluate.evaluation import EvaluationResult, calibrate, evaluate, write_evaluation
+from genart.models.artifact import ArtifactMeta, load_artifact, manifest_fingerprint, read_meta, save_artifact
+from genart.models.zoo import build_model, get_entry
+from genart.train.loop import train_loop_per_worker
+
+__all__ = ["FitResult", "absolute_tracking_uri", "build_trainer", "fit", "init_ray"]
+
+log = logging.getLogger("genart.train")
+
+
+@dataclass
+class FitResult:
+    run_name: str
+    artifact: Path
+    metrics: dict[str, Any]
+    evaluation: EvaluationResult | None
+    mlflow_run_id: str | None
+    history: pd.DataFrame
+
+
+def init_ray(address: str | None = None) -> None:
+    """Connect to ``address`` (or ``RAY_ADDRESS``), else start a local Ray. Idempotent."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or Settings().ray_address
+    ray.init(address=address, log_to_driver=True) if address else ray.init()
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """Workers run in other directories: make a relative ``sqlite:///file.db`` absolute."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
+def _rows(config: GenartConfig, manifest: Path, split: str) -> pd.DataFrame:
+    return select_rows(manifest, split, config.data.generators, config.data.exclude_generators)
+
+
+def build_trainer(
+    config: GenartConfig,
+    manifest: Path,
+    run_name: str,
+    mlflow_info: dict[str, str] | None = None,
+):
+    """A Ray Train V2 ``TorchTrainer`` for ``config``, fed by Ray Data datasets built from ``manifest``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = config.train
+    train_rows, val_rows = _rows(config, manifest, "train"), _rows(config, manifest, "val")
+    model, spec = build_model(
+        config.model.name,
+        pretrained=config.model.pretrained,
+        weights=config.model.weights,
+        input_size=config.model.input_size,
+        crop_policy=config.model.crop_policy,
+    )  # built once here, so that missing weights fail before any worker starts
+    entry = get_entry(config.model.name)
+    meta = ArtifactMeta(
+        name=config.model.name,
+        timm_id=entry.timm_id,
+        residual=entry.residual,
+        input=spec.to_dict(),
+        data_fingerprint=manifest_fingerprint(
+            pd.concat([train_rows, val_rows]).merge(
+                pd.read_parquet(manifest, columns=["path", "sha256", "split"]), on="path"
+            )
+        ),
+        generators=sorted(train_rows["generator"].unique()),
+        train_config=config.model_dump(mode="json"),
+    )
+    del model
+    columns = ["image", "target"]
+    datasets = {
+        "train": make_dataset(train_rows, spec, training=True, augment=config.augment, seed=config.data.seed,
+                              batch_size=t.batch_size).select_columns(columns),
+        "val": make_dataset(val_rows, spec, training=False, batch_size=t.batch_size).select_columns(columns),
+    }  # fmt: skip
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": config.model_dump(mode="json"),
+            "train_rows": len(train_rows),
+            "meta": meta.model_dump(mode="json"),
+            "mlflow": mlflow_info,
+        },
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
+        ),
+        run_config=RunConfig(
+            name=run_name,
+            storage_path=str(Path(t.storage_path).resolve())
+            if "://" not in str(t.storage_path)
+            else str(t.storage_path),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=t.keep_checkpoints,
+                checkpoint_score_attribute="val_auc",
+                checkpoint_score_order="max",
+            ),
+            failure_config=FailureConfig(max_failures=t.max_failures, controller_failure_limit=3),
+        ),
+        datasets=datasets,
+    )
+
+
+def _start_mlflow(config: GenartConfig, run_name: str, resume: bool) -> dict[str, str] | None:
+    try:
+        import mlflow
+    except ImportError:  # pragma: no cover - mlflow is a hard dependency; keep training if it breaks
+        return None
+    uri = absolute_tracking_uri(Settings().mlflow_tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment(config.train.experiment)
+    run_id = None
+    if resume:
+        found = mlflow.search_runs(
+            [experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'"
+        )
+        run_id = found["run_id"].iloc[0] if len(found) else None
+    if run_id is None:
+        with mlflow.start_run(run_name=run_name) as run:
+            run_id = run.info.run_id
+            mlflow.log_params(_flat_params(config))
+    return {"tracking_uri": uri, "run_id": run_id}
+
+
+def _flat_params(config: GenartConfig) -> dict[str, Any]:
+    flat = {}
+    for section, values in config.model_dump(mode="json").items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = json.dumps(value) if isinstance(value, list | dict) else value
+    return flat
+
+
+def _finish_mlflow(info: dict[str, str], result: FitResult, eval_dir: Path, register: bool) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(info["tracking_uri"])
+    with mlflow.start_run(run_id=info["run_id"]):
+        final = {f"test_{k}": v for k, v in result.metrics.items() if isinstance(v, int | float)}
+        mlflow.log_metrics({k: v for k, v in final.items() if v == v})  # drop NaN
+        mlflow.log_artifacts(str(result.artifact), artifact_path="model")
+        mlflow.log_artifacts(str(eval_dir), artifact_path="evaluation")
+        mlflow.set_tag("genart.artifact", str(result.artifact))
+    if register:
+        register_model(info, read_meta(result.artifact).name)
+
+
+def register_model(info: dict[str, str], model_name: str) -> str | None:
+    """Register the run's ``model/`` directory as a new version of ``genart-<model_name>``.
+
+    ``mlflow.register_model`` expects a logged MLflow model; a genart artefact is a plain directory, so
+    the version is created with the client, which accepts any run artifact path.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=info["tracking_uri"])
+    name = f"genart-{model_name}"
+    try:
+        with contextlib.suppress(MlflowException):  # already registered: add a version
+            client.create_registered_model(name)
+        version = client.create_model_version(
+            name, source=f"runs:/{info['run_id']}/model", run_id=info["run_id"]
+        )
+        return f"models:/{name}/{version.version}"
+    except Exception as exc:  # a registry that refuses must not lose a finished run
+        log.warning("model registration failed: %s", exc)
+        return None
+
+
+def fit(
+    config: GenartConfig,
+    manifest: str | Path,
+    out: str | Path = "artifacts",
+    resume: str | None = None,
+    track: bool = True,
+    evaluate_test: bool = True,
+) -> FitResult:
+    """Train, calibrate, evaluate and save. ``resume`` names an interrupted run to continue."""
+    manifest = Path(manifest)
+    if not manifest.exists():
+        raise FileNotFoundError(f"no manifest at {manifest}: run `genart data index` and `genart data split`")
+    run_name = resume or config.train.run_name or f"{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if resume and not (Path(config.train.storage_path) / resume).exists():
+        raise FileNotFoundError(f"nothing to resume: no run {resume!r} under {config.train.storage_path}")
+    init_ray()
+    mlflow_info = _start_mlflow(config, run_name, bool(resume)) if track else None
+    trainer = build_trainer(config, manifest, run_name, mlflow_info)
+    result = trainer.fit()
+    best = result.get_best_checkpoint("val_auc", "max") or result.checkpoint
+    if best is None:
+        raise RuntimeError(f"run {run_name} reported no checkpoint; see the worker logs above")
+    history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+
+    artifact_dir = Path(out) / run_name
+    with best.as_directory() as ckpt:
+        loaded = load_artifact(ckpt)
+    calibration = calibrate(loaded, _rows(config, manifest, "val"))
+    loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold
+    evaluation = None
+    metrics: dict[str, Any] = dict(loaded.meta.metrics)
+    eval_dir = artifact_dir / "evaluation"
+    if evaluate_test:
+        test_rows = _rows(config, manifest, "test")
+        evaluation = evaluate(loaded, test_rows, split="test", calibration=calibration)
+        metrics.update({f"test_{k}": v for k, v in evaluation.overall.items()})
+    metrics.update(
+        ece_before=calibration.ece_before,
+        ece_after=calibration.ece_after,
+        temperature=calibration.temperature,
+    )
+    loaded.meta.metrics = metrics
+    if artifact_dir.exists():
+        shutil.rmtree(artifact_dir)
+    save_artifact(loaded.model, loaded.meta, artifact_dir)
+    if evaluation is not None:
+        write_evaluation(evaluation, eval_dir)
+    fit_result = FitResult(
+        run_name, artifact_dir, metrics, evaluation, mlflow_info and mlflow_info["run_id"], history
+    )
+    if mlflow_info:
+        _finish_mlflow(mlflow_info, fit_result, eval_dir, register=True)
+    log.info("artefact written to %s", artifact_dir)
+    return fit_result
