@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 GENART := $(VENV)/bin/genart
 DATA   ?= data/sample
-IMAGES ?= 200
+IMAGES ?= 150
 
 # Ray's CLI clients default to no token auth while a head started after a local ray.init() turns it on;
 # one setting for the server and every client avoids InvalidAuthToken (see docs/troubleshooting).
@@ -16,7 +16,12 @@ ifdef CI
 export RAY_DATA_DISABLE_PROGRESS_BARS := 1
 endif
 
-.PHONY: help install lint format test test-fast demo bench-data clean
+MANIFEST ?= $(DATA)/manifest.split.parquet
+GPUS     ?= 1
+RAY_PORT ?= 6380
+
+.PHONY: help install lint format test test-fast demo data bench-data bench-train clean \
+	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -43,14 +48,40 @@ test: $(VENV)/.installed lint ## lint, then the whole suite with coverage (fails
 test-fast: $(VENV)/.installed ## the unit tests only: no Ray, no database, no browser
 	$(VENV)/bin/pytest -q -m "not ray and not db and not slow and not browser" -p no:cacheprovider
 
-demo: $(VENV)/.installed ## the main job on embedded defaults: sample data -> index -> split -> report
+data: $(VENV)/.installed ## sample data -> index -> split -> data report
 	$(GENART) data synth --out $(DATA) --images-per-class $(IMAGES) --formats match
 	$(GENART) data index $(DATA) --out $(DATA)/manifest.parquet
-	$(GENART) data split $(DATA)/manifest.parquet --out $(DATA)/manifest.split.parquet
-	$(GENART) data report $(DATA)/manifest.split.parquet --out reports/data
+	$(GENART) data split $(DATA)/manifest.parquet --out $(MANIFEST)
+	$(GENART) data report $(MANIFEST) --out reports/data
+
+demo: data ## the main job on embedded defaults: data, then train + calibrate + evaluate a CPU model
+	$(GENART) train --config jobs/configs/demo-cpu.yaml --data $(MANIFEST) --name demo
+	$(GENART) evaluate artifacts/demo --data $(MANIFEST) --out reports/eval/demo
+
+# The original plan's GPU runs. DATA/MANIFEST point at the indexed Tiny GenImage; GPUS = Ray Train workers.
+train_efficientnet_b3 train_efficientnet_b4 train_xception: train_%: $(VENV)/.installed
+	$(GENART) train --config jobs/configs/$*.yaml --data $(MANIFEST) --workers $(GPUS)
+train_vit: $(VENV)/.installed
+	$(GENART) train --config jobs/configs/vit_b16.yaml --data $(MANIFEST) --workers $(GPUS)
+train_all: train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit ## all four GPU models
+
+ray-up: ## a local Ray head for `ray job submit` and `serve deploy` (never on Redis' port 6379)
+	$(VENV)/bin/ray start --head --port $(RAY_PORT) --dashboard-host 127.0.0.1 --metrics-export-port 8080
+
+ray-down: ## stop the local Ray head
+	$(VENV)/bin/ray stop
+
+train-job: ## submit the demo training to the Ray head as a job (after `make ray-up` and `make data`)
+	$(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . \
+		--runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "sqlite:///$(abspath mlflow.db)", "RAY_AUTH_MODE": "disabled"}}' \
+		-- python jobs/train.py --config jobs/configs/demo-cpu.yaml --data $(abspath $(MANIFEST)) \
+		--out $(abspath artifacts) --set train.storage_path=$(abspath runs)
 
 bench-data: $(VENV)/.installed ## Ray Data pipeline vs a PyTorch DataLoader on the same files and transform
 	$(PY) -m genart.bench.data --out reports/bench
+
+bench-train: $(VENV)/.installed ## Ray Train with 1 and 2 workers vs a plain PyTorch loop, same model and data
+	$(PY) -m genart.bench.train --out reports/bench
 
 clean: ## remove generated data, reports, runs and caches (keeps .venv)
 	rm -rf data reports runs artifacts mlruns mlflow.db genart.db .coverage .pytest_cache .ruff_cache

@@ -171,6 +171,9 @@ def train(
     weights: Annotated[Path | None, typer.Option(help="local pretrained weights (offline)")] = None,
     resume: Annotated[str | None, typer.Option(help="continue the interrupted run of this name")] = None,
     out: Annotated[Path, typer.Option(help="where the final artefact goes")] = Path("artifacts"),
+    name: Annotated[
+        str | None, typer.Option(help="artefact folder name under --out (default: the run name)")
+    ] = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="log to MLflow")] = True,
     overrides: SetOption = None,
 ) -> None:
@@ -194,7 +197,7 @@ def train(
     if cfg.data.manifest is None:
         _fail("no data: pass --data MANIFEST (from `genart data split`) or set data.manifest in the config")
     try:
-        result = fit(cfg, cfg.data.manifest, out=out, resume=resume, track=track)
+        result = fit(cfg, cfg.data.manifest, out=out, resume=resume, track=track, artifact_name=name)
     except (PretrainedWeightsUnavailable, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     _print_result(result)

@@ -104,8 +104,11 @@ def _evaluate(model: nn.Module, shard, batch_size: int, device: torch.device, am
 _DTYPES = {"image": torch.float32, "target": torch.int64}
 
 
-def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
-    """Ray Train entry point. ``loop_config`` holds the JSON-dumped :class:`GenartConfig` and run details."""
+def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ray Train entry point. ``loop_config`` holds the JSON-dumped :class:`GenartConfig` and run details.
+
+    Returns the per-epoch metrics of this attempt (rank 0's become ``Result.return_value``).
+    """
     import ray.train
     import ray.train.torch
 
@@ -156,6 +159,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         steps_per_epoch = min(steps_per_epoch, t.limit_train_batches)
     total_steps = steps_per_epoch * t.epochs
     mlflow_client = _mlflow_client(loop_config) if rank == 0 else None
+    history: list[dict[str, Any]] = list(state.get("history", []))
 
     for epoch in range(state["epoch"] + 1, t.epochs):
         probing = epoch < t.probe_epochs
@@ -220,6 +224,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
         metrics["best_val_auc"] = state["best_auc"]
+        history.append(metrics)
+        state["history"] = history
 
         if rank == 0:
             log.warning(
@@ -240,6 +246,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if rank == 0:
                 log.warning("early stop: validation AUC has not improved for %d epochs", state["bad_epochs"])
             break
+    return history
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:

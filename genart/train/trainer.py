@@ -204,8 +204,12 @@ def fit(
     resume: str | None = None,
     track: bool = True,
     evaluate_test: bool = True,
+    artifact_name: str | None = None,
 ) -> FitResult:
-    """Train, calibrate, evaluate and save. ``resume`` names an interrupted run to continue."""
+    """Train, calibrate, evaluate and save to ``out/<artifact_name or run name>``.
+
+    ``resume`` names an interrupted run to continue (the run directory under ``train.storage_path``).
+    """
     manifest = Path(manifest)
     if not manifest.exists():
         raise FileNotFoundError(f"no manifest at {manifest}: run `genart data index` and `genart data split`")
@@ -219,9 +223,10 @@ def fit(
     best = result.get_best_checkpoint("val_auc", "max") or result.checkpoint
     if best is None:
         raise RuntimeError(f"run {run_name} reported no checkpoint; see the worker logs above")
-    history = result.metrics_dataframe if result.metrics_dataframe is not None else pd.DataFrame()
+    # Result.metrics_dataframe holds only kept checkpoints; the loop returns every epoch, resumed ones too.
+    history = pd.DataFrame(result.return_value or [])
 
-    artifact_dir = Path(out) / run_name
+    artifact_dir = Path(out) / (artifact_name or run_name)
     with best.as_directory() as ckpt:
         loaded = load_artifact(ckpt)
     calibration = calibrate(loaded, _rows(config, manifest, "val"))

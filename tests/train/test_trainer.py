@@ -1,0 +1,112 @@
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+
+from genart.config import load_config
+from genart.models.artifact import load_artifact, read_meta
+from genart.train.trainer import fit
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _config(tmp_path: Path, *overrides: str):
+    return load_config(
+        overrides=[
+            "model.name=tiny_residual",
+            "model.input_size=48",
+            "train.batch_size=16",
+            "train.lr=0.003",
+            "train.num_workers=2",
+            "train.early_stop_patience=0",
+            f"train.storage_path={tmp_path / 'runs'}",
+            *overrides,
+        ],
+        environ={},
+    )
+
+
+@pytest.fixture
+def tracking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_fit_trains_evaluates_and_logs_a_registered_artefact(
+    synth_manifest: Path, tmp_path: Path, tracking: str, ray_cluster
+) -> None:
+    result = fit(
+        _config(tmp_path, "train.epochs=2", "train.run_name=e2e"), synth_manifest, out=tmp_path / "art"
+    )
+
+    assert list(result.history["epoch"]) == [0, 1]
+    meta = read_meta(result.artifact)
+    assert meta.name == "tiny_residual" and meta.data_fingerprint and len(meta.generators) == 7
+    assert 0 < meta.threshold <= 1 and meta.temperature > 0
+    assert {"val_auc", "test_accuracy", "ece_before", "ece_after"} <= set(meta.metrics)
+    per_gen = pd.read_csv(result.artifact / "evaluation" / "per_generator.csv", index_col=0)
+    assert len(per_gen) == 8 and "all" in per_gen.index
+    assert (result.artifact / "evaluation" / "confusion.png").exists()
+    assert load_artifact(result.artifact).predict_proba is not None
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking)
+    run = mlflow.get_run(result.mlflow_run_id)
+    assert "val_auc" in run.data.metrics and "test_accuracy" in run.data.metrics
+    assert run.data.params["model.name"] == "tiny_residual"
+    history = mlflow.tracking.MlflowClient().get_metric_history(result.mlflow_run_id, "val_loss")
+    assert [m.step for m in history] == [0, 1]  # per-epoch metrics, logged once (rank 0 only)
+    registered = load_artifact("models:/genart-tiny_residual/1")
+    assert registered.meta.data_fingerprint == meta.data_fingerprint
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(
+    synth_manifest: Path, tmp_path: Path, ray_cluster
+) -> None:
+    config = _config(tmp_path, "train.epochs=6", "train.run_name=chaos", "train.max_failures=2")
+    run_dir = tmp_path / "runs" / "chaos"
+    outcome: dict = {}
+    thread = threading.Thread(
+        target=lambda: outcome.update(result=fit(config, synth_manifest, out=tmp_path / "art", track=False))
+    )
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and thread.is_alive() and killed is None:
+        if any(run_dir.glob("checkpoint_*")):
+            workers = [
+                p for p in psutil.process_iter(["pid", "cmdline"])
+                if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))
+            ]  # fmt: skip
+            if workers:
+                killed = workers[-1].info["pid"]
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.2)
+    thread.join(timeout=600)
+    assert killed is not None, "no checkpoint appeared, or the run ended before a worker could be killed"
+    history = outcome["result"].history
+    assert history["epoch"].iloc[-1] == 5
+    assert (history["resumed_from"] >= 0).any(), "training restarted from scratch instead of the checkpoint"
+
+
+def test_resume_continues_an_interrupted_run(synth_manifest: Path, tmp_path: Path, ray_cluster) -> None:
+    first = fit(
+        _config(tmp_path, "train.epochs=1", "train.run_name=r"),
+        synth_manifest,
+        out=tmp_path / "a",
+        track=False,
+    )
+    assert list(first.history["epoch"]) == [0]
+    again = fit(
+        _config(tmp_path, "train.epochs=2"), synth_manifest, out=tmp_path / "a", resume="r", track=False
+    )
+    assert list(again.history["epoch"]) == [0, 1] and again.history["resumed_from"].iloc[-1] == 0
+    with pytest.raises(FileNotFoundError, match="nothing to resume"):
+        fit(_config(tmp_path), synth_manifest, resume="never-ran", track=False)
