@@ -165,8 +165,15 @@ def _finish_mlflow(info: dict[str, str], result: FitResult, eval_dir: Path, regi
 
     mlflow.set_tracking_uri(info["tracking_uri"])
     with mlflow.start_run(run_id=info["run_id"]):
-        final = {f"test_{k}": v for k, v in result.metrics.items() if isinstance(v, int | float)}
-        mlflow.log_metrics({k: v for k, v in final.items() if v == v})  # drop NaN
+        final_keys = ("ece_before", "ece_after", "temperature", "threshold")
+        final = {
+            k: float(v)
+            for k, v in result.metrics.items()
+            if (k.startswith("test_") or k in final_keys)
+            and isinstance(v, int | float)
+            and v == v  # v == v: not NaN
+        }
+        mlflow.log_metrics(final)
         mlflow.log_artifacts(str(result.artifact), artifact_path="model")
         mlflow.log_artifacts(str(eval_dir), artifact_path="evaluation")
         mlflow.set_tag("genart.artifact", str(result.artifact))

@@ -80,7 +80,9 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(
     killed = None
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and thread.is_alive() and killed is None:
-        if any(run_dir.glob("checkpoint_*")):
+        # The snapshot is written once the controller has registered a checkpoint: a kill before that
+        # point would rightly restart from scratch.
+        if (run_dir / "checkpoint_manager_snapshot.json").exists():
             workers = [
                 p for p in psutil.process_iter(["pid", "cmdline"])
                 if any("RayTrainWorker" in part for part in (p.info["cmdline"] or []))
