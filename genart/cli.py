@@ -230,8 +230,15 @@ def _eval_table(evaluation) -> str:
 
 @app.command("evaluate")
 def evaluate_cmd(
-    artifact: Annotated[str, typer.Argument(help="artefact directory or models:/genart-<name>/<version>")],
-    data: Annotated[Path, typer.Option(help="manifest (indexed, or split)")],
+    artifact: Annotated[
+        str | None, typer.Argument(help="artefact directory or models:/genart-<name>/<version>")
+    ] = None,
+    data: Annotated[Path, typer.Option(help="manifest (indexed, or split)")] = Path("manifest.split.parquet"),
+    protocol: Annotated[
+        str, typer.Option(help="'standard', or 'logo': train on all generators but one, test on it, for each")
+    ] = "standard",
+    config: Annotated[Path | None, typer.Option(help="experiment YAML for --protocol logo")] = None,
+    overrides: SetOption = None,
     split: Annotated[
         str | None, typer.Option(help="split to evaluate (default: test, else everything)")
     ] = None,
@@ -246,7 +253,18 @@ def evaluate_cmd(
     ] = None,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes")] = 0,
 ) -> None:
-    """Evaluate an artefact per generator, with robustness columns, a confusion matrix and a ROC curve."""
+    """Evaluate an artefact per generator, with robustness columns, a confusion matrix and a ROC curve.
+
+    With ``--protocol logo`` no artefact is given: one model is trained per held-out generator (each a Ray
+    Train run) and the table compares accuracy on the unseen generator with accuracy on the seen ones.
+    """
+    if protocol == "logo":
+        _logo(config, overrides, data, out)
+        return
+    if protocol != "standard":
+        _fail(f"unknown protocol {protocol!r}: use 'standard' or 'logo'")
+    if artifact is None:
+        _fail("give an ARTIFACT to evaluate (a directory or models:/genart-<name>/<version>)")
     from genart.data.pipeline import select_rows
     from genart.evaluate.evaluation import ROBUSTNESS, calibrate, evaluate, write_evaluation
     from genart.models.artifact import load_artifact
@@ -272,6 +290,24 @@ def evaluate_cmd(
     report = write_evaluation(result, out or Path("reports/eval") / f"{loaded.meta.name}-{split or 'all'}")
     typer.echo(_eval_table(result))
     typer.echo(f"\nthreshold {result.threshold:.3f}; report: {report}")
+
+
+def _logo(config: Path | None, overrides: list[str] | None, data: Path, out: Path | None) -> None:
+    from genart.evaluate.protocols import leave_one_generator_out
+
+    cfg = _config(config, overrides)
+    try:
+        table = leave_one_generator_out(cfg, data)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    out = out or Path("reports/eval/logo")
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "logo.csv")
+    (out / "logo.md").write_text(
+        "# Leave one generator out\n\n" + table.drop(columns=["artifact"]).to_markdown(floatfmt=".3f")
+    )
+    typer.echo(table.drop(columns=["artifact"]).to_string(float_format=lambda v: f"{v:.3f}"))
+    typer.echo(f"\nreport: {out / 'logo.md'}")
 
 
 if __name__ == "__main__":  # pragma: no cover

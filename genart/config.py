@@ -93,7 +93,11 @@ class TrainConfig(_Section):
     warmup_epochs: int = 0
     probe_epochs: int = Field(0, ge=0, description="linear-probe epochs before unfreezing the backbone")
     early_stop_patience: int = Field(3, ge=0)
-    num_workers: int = Field(2, ge=1)
+    num_workers: int = Field(
+        2,
+        ge=0,
+        description="Ray Train workers; 0 runs the loop in this process (debugging: no checkpoints, no artefact)",
+    )
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0)
     mixed_precision: bool = True

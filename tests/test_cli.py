@@ -47,3 +47,12 @@ def test_data_commands_fail_clearly_on_bad_input(tmp_path: Path) -> None:
     assert result.exit_code == 2
     result = invoke("data", "synth", "--out", str(tmp_path / "x"), "--images-per-class", "0")
     assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_train_fails_clearly_without_data_or_with_a_bad_config(tmp_path: Path) -> None:
+    result = invoke("train", "--no-track")
+    assert result.exit_code == 2 and "--data MANIFEST" in result.output
+    result = invoke("train", "--data", str(tmp_path / "m.parquet"), "--set", "train.epochz=3")
+    assert result.exit_code == 2 and "bad configuration" in result.output
+    result = invoke("train", "--data", str(tmp_path / "m.parquet"), "--no-track")
+    assert result.exit_code == 2 and "no manifest" in result.output

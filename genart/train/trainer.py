@@ -218,6 +218,10 @@ def fit(
     ``resume`` names an interrupted run to continue (the run directory under ``train.storage_path``).
     """
     manifest = Path(manifest)
+    if config.train.num_workers == 0:
+        raise ValueError(
+            "train.num_workers=0 (local mode) keeps no checkpoint, so no artefact: use 1 or more"
+        )
     if not manifest.exists():
         raise FileNotFoundError(f"no manifest at {manifest}: run `genart data index` and `genart data split`")
     run_name = resume or config.train.run_name or f"{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"

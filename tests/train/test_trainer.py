@@ -112,3 +112,27 @@ def test_resume_continues_an_interrupted_run(synth_manifest: Path, tmp_path: Pat
     assert list(again.history["epoch"]) == [0, 1] and again.history["resumed_from"].iloc[-1] == 0
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         fit(_config(tmp_path), synth_manifest, resume="never-ran", track=False)
+
+
+def test_the_loop_probes_then_fine_tunes_and_stops_early_in_local_mode(
+    synth_manifest: Path, tmp_path: Path, ray_cluster
+) -> None:
+    from genart.train.trainer import build_trainer
+
+    config = _config(
+        tmp_path,
+        "train.num_workers=0",
+        "train.epochs=6",
+        "train.probe_epochs=1",
+        "train.early_stop_patience=1",
+        "model.name=tiny_vit",  # LayerNorm only: with lr ~ 0 its outputs, and so its AUC, cannot change
+        "train.lr=1e-12",
+        "train.optimizer=sgd",
+        "train.limit_train_batches=2",
+    )
+    history = build_trainer(config, synth_manifest, run_name="local").fit().return_value
+    assert [h["phase"] for h in history[:2]] == ["probe", "finetune"]
+    assert len(history) == 2, "early stopping did not stop a run whose validation AUC cannot improve"
+    assert all(h["train_img_s"] > 0 and 0 <= h["val_acc"] <= 1 for h in history)
+    with pytest.raises(ValueError, match="local mode"):
+        fit(config, synth_manifest, track=False)
