@@ -96,7 +96,7 @@ class TrainConfig(_Section):
     num_workers: int = Field(
         2,
         ge=0,
-        description="Ray Train workers; 0 runs the loop in this process (debugging: no checkpoints, no artefact)",
+        description="Ray Train workers; 0 runs the loop in-process (debugging; no checkpoint)",
     )
     use_gpu: bool = False
     cpus_per_worker: float = Field(0.5, gt=0)
