@@ -24,15 +24,18 @@ def leave_one_generator_out(
     config: GenartConfig,
     manifest: str | Path,
     out: str | Path = "artifacts/logo",
-    generators: list[str] | None = None,
     track: bool = True,
 ) -> pd.DataFrame:
-    """Train one model per held-out generator; return one row per generator (and a mean row)."""
+    """Train one model per held-out generator; return one row per generator (and a mean row).
+
+    The generators taken in turn are ``config.data.generators`` (all in the manifest when unset); each model
+    trains on the others among them.
+    """
     from genart.models.artifact import load_artifact
     from genart.train.trainer import fit
 
     available = sorted(usable(read_manifest(manifest))["generator"].unique())
-    generators = generators or available
+    generators = config.data.generators or available
     unknown = sorted(set(generators) - set(available))
     if unknown:
         raise ValueError(f"generators not in the manifest: {unknown}")
@@ -40,14 +43,15 @@ def leave_one_generator_out(
     records = []
     for held_out in generators:
         cfg = config.model_copy(deep=True)
-        cfg.data.generators, cfg.data.exclude_generators = None, [held_out]
+        cfg.data.generators = [g for g in generators if g != held_out]
         cfg.train.run_name = f"logo-{held_out}-{stamp}"
         result = fit(
             cfg, manifest, out=out, track=track, evaluate_test=False, artifact_name=f"logo-{held_out}"
         )
         loaded = load_artifact(result.artifact)
         unseen = evaluate(loaded, select_rows(manifest, "test", generators=[held_out]), robustness=())
-        seen = evaluate(loaded, select_rows(manifest, "test", exclude_generators=[held_out]), robustness=())
+        seen_rows = select_rows(manifest, "test", generators=cfg.data.generators)
+        seen = evaluate(loaded, seen_rows, robustness=())
         records.append(
             {
                 "held_out": held_out,

@@ -136,3 +136,33 @@ def test_the_loop_probes_then_fine_tunes_and_stops_early_in_local_mode(
     assert all(h["train_img_s"] > 0 and 0 <= h["val_acc"] <= 1 for h in history)
     with pytest.raises(ValueError, match="local mode"):
         fit(config, synth_manifest, track=False)
+
+
+def test_train_command_and_leave_one_generator_out(synth_manifest: Path, tmp_path: Path, ray_cluster) -> None:
+    from typer.testing import CliRunner
+
+    from genart.cli import app
+
+    config = tmp_path / "tiny.yaml"
+    config.write_text(
+        "model: {name: tiny_residual, input_size: 48}\n"
+        f"train: {{epochs: 1, batch_size: 16, num_workers: 1, storage_path: {tmp_path / 'runs'}}}\n"
+    )
+    runner = CliRunner()
+    trained = runner.invoke(
+        app,
+        ["train", "--config", str(config), "--data", str(synth_manifest), "--no-track",
+         "--out", str(tmp_path / "a"), "--name", "cli"],
+    )  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    assert "imagenet_glide" in trained.output and (tmp_path / "a" / "cli" / "genart.json").exists()
+
+    logo = runner.invoke(
+        app,
+        ["evaluate", "--protocol", "logo", "--config", str(config), "--data", str(synth_manifest),
+         "--set", "data.generators=[imagenet_glide, imagenet_ai_0508_adm]", "--out", str(tmp_path / "logo")],
+    )  # fmt: skip
+    assert logo.exit_code == 0, logo.output
+    table = pd.read_csv(tmp_path / "logo" / "logo.csv", index_col=0)
+    assert list(table.index) == ["imagenet_glide", "imagenet_ai_0508_adm", "mean"]
+    assert table.loc["imagenet_glide", "unseen_accuracy"] >= 0 and "seen_auc" in table
