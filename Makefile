@@ -65,8 +65,10 @@ train_vit: $(VENV)/.installed
 	$(GENART) train --config jobs/configs/vit_b16.yaml --data $(MANIFEST) --workers $(GPUS)
 train_all: train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit ## all four GPU models
 
-ray-up: ## a local Ray head for `ray job submit` and `serve deploy` (never on Redis' port 6379)
-	$(VENV)/bin/ray start --head --port $(RAY_PORT) --dashboard-host 127.0.0.1 --metrics-export-port 8080
+# The venv goes first on the head's PATH so that a job's `python` is the one genart is installed in.
+ray-up: $(VENV)/.installed ## a local Ray head for `ray job submit` and `serve deploy` (never on Redis' port 6379)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/ray start --head --port $(RAY_PORT) \
+		--dashboard-host 127.0.0.1 --metrics-export-port 8080
 
 ray-down: ## stop the local Ray head
 	$(VENV)/bin/ray stop
