@@ -292,6 +292,26 @@ def evaluate_cmd(
     typer.echo(f"\nthreshold {result.threshold:.3f}; report: {report}")
 
 
+@app.command("export")
+def export_cmd(
+    artifact: Annotated[str, typer.Argument(help="artefact directory or models:/genart-<name>/<version>")],
+    format: Annotated[str, typer.Option("--format", help="onnx or torchscript")] = "onnx",
+    out: Annotated[Path | None, typer.Option(help="output folder (default: <artefact>/export)")] = None,
+    images: Annotated[int, typer.Option(help="images in the parity check")] = 32,
+) -> None:
+    """Export to ONNX (dynamic batch) or TorchScript, and check parity with PyTorch (max |dP| < 1e-4)."""
+    from genart.models.export import ParityError, export_artifact
+
+    try:
+        result = export_artifact(artifact, format, out, images)  # type: ignore[arg-type]
+    except (FileNotFoundError, ValueError, ParityError) as exc:
+        _fail(str(exc))
+    typer.echo(
+        f"exported {result.path} ({result.format}); parity on {result.images} images: "
+        f"max |P_{result.format} - P_torch| = {result.max_abs_diff:.2e} < 1e-4"
+    )
+
+
 def _logo(config: Path | None, overrides: list[str] | None, data: Path, out: Path | None) -> None:
     from genart.evaluate.protocols import leave_one_generator_out
 

@@ -1,0 +1,63 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from genart.cli import app
+from genart.models.artifact import ArtifactMeta, save_artifact
+from genart.models.export import export_artifact, parity_images
+from genart.models.zoo import build_model, get_entry
+
+
+def _artifact(tmp_path: Path, name: str) -> Path:
+    torch.manual_seed(0)
+    model, spec = build_model(name, pretrained=False)
+    entry = get_entry(name)
+    meta = ArtifactMeta(
+        name=name, timm_id=entry.timm_id, residual=entry.residual, input=spec.to_dict(), temperature=1.5
+    )
+    return save_artifact(model, meta, tmp_path / name)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_residual", "tiny_vit"])
+def test_onnx_export_matches_pytorch_and_carries_its_metadata(tmp_path: Path, name: str) -> None:
+    artifact = _artifact(tmp_path, name)
+    result = export_artifact(artifact, "onnx", images=32)
+    assert result.max_abs_diff < 1e-4 and result.path.exists()
+    model = onnx.load(str(result.path))
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["genart"])
+    assert meta["name"] == name and meta["temperature"] == 1.5
+    # The batch axis is dynamic: any batch size runs.
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    size = meta["input"]["input_size"]
+    for batch in (1, 5):
+        (logits,) = session.run(None, {"image": np.zeros((batch, 3, size, size), np.float32)})
+        assert logits.shape == (batch, 2)
+
+
+def test_torchscript_export_round_trips(tmp_path: Path) -> None:
+    result = export_artifact(_artifact(tmp_path, "tiny"), "torchscript", out=tmp_path / "ts")
+    extra = {"genart.json": ""}
+    loaded = torch.jit.load(str(result.path), _extra_files=extra)
+    assert json.loads(extra["genart.json"])["name"] == "tiny"
+    assert loaded(torch.zeros(3, 3, 64, 64)).shape == (3, 2)
+
+
+def test_parity_images_are_transformed_crops(tmp_path: Path) -> None:
+    from genart.models.artifact import load_artifact
+
+    images = parity_images(load_artifact(_artifact(tmp_path, "tiny")), count=4)
+    assert images.shape == (4, 3, 64, 64) and images.std() > 0.1
+
+
+def test_export_command_reports_parity_and_refuses_unknown_formats(tmp_path: Path) -> None:
+    artifact = _artifact(tmp_path, "tiny")
+    ok = CliRunner().invoke(app, ["export", str(artifact), "--format", "onnx", "--images", "8"])
+    assert ok.exit_code == 0 and "< 1e-4" in ok.output
+    bad = CliRunner().invoke(app, ["export", str(artifact), "--format", "tflite"])
+    assert bad.exit_code == 2 and "unknown export format" in bad.output
