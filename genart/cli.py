@@ -312,6 +312,42 @@ def export_cmd(
     )
 
 
+@app.command("ensemble")
+def ensemble_cmd(
+    members: Annotated[
+        list[str], typer.Option("--members", help="member artefacts: repeat the option, or A,B,C")
+    ],
+    data: Annotated[
+        Path, typer.Option(help="split manifest: weights and threshold on val, evaluation on test")
+    ],
+    rule: Annotated[str, typer.Option(help="mean, weighted (weights fitted on val) or vote")] = "mean",
+    weights: Annotated[str | None, typer.Option(help="fixed weights for 'weighted', e.g. 0.7,0.3")] = None,
+    out: Annotated[Path, typer.Option(help="ensemble artefact folder")] = Path("artifacts/ensemble"),
+) -> None:
+    """Build an ensemble artefact and compare it with its members on the test split, per generator."""
+    from pydantic import ValidationError
+
+    from genart.evaluate.ensemble import build_and_evaluate, save_ensemble
+
+    paths = [m for item in members for m in item.split(",") if m]
+    try:
+        fixed = [float(w) for w in weights.split(",")] if weights else None
+        spec, accuracy, overall = build_and_evaluate(paths, data, rule, fixed)  # type: ignore[arg-type]
+    except (FileNotFoundError, ValueError, ValidationError) as exc:
+        _fail(str(exc))
+    save_ensemble(spec, out)
+    accuracy.to_csv(out / "accuracy_by_generator.csv")
+    typer.echo(accuracy.to_string(float_format=lambda v: f"{v:.3f}"))
+    typer.echo("\n" + overall[["accuracy", "roc_auc", "f1"]].to_string(float_format=lambda v: f"{v:.3f}"))
+    best_member = overall.drop(index="ensemble")["accuracy"].max()
+    ensemble_accuracy = overall.loc["ensemble", "accuracy"]
+    verdict = "at least" if ensemble_accuracy >= best_member else "below"
+    typer.echo(
+        f"\nensemble ({spec.rule}, threshold {spec.threshold:.3f}) accuracy {ensemble_accuracy:.3f} "
+        f"is {verdict} the best member's {best_member:.3f}; artefact: {out}"
+    )
+
+
 def _logo(config: Path | None, overrides: list[str] | None, data: Path, out: Path | None) -> None:
     from genart.evaluate.protocols import leave_one_generator_out
 

@@ -1,0 +1,162 @@
+"""The ensemble rule, shared by evaluation and the serving ingress, and ensemble artefacts.
+
+An ensemble artefact is a directory with ``ensemble.json``: the member artefacts (paths or MLflow URIs),
+the rule (``mean``, ``weighted`` or ``vote``), the weights, each member's own threshold (for ``vote``)
+and the ensemble's decision threshold, chosen on validation data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, Field, model_validator
+from scipy.optimize import minimize
+
+__all__ = [
+    "ENSEMBLE_FILE",
+    "EnsembleSpec",
+    "Rule",
+    "combine",
+    "fit_weights",
+    "load_ensemble",
+    "save_ensemble",
+]
+
+ENSEMBLE_FILE = "ensemble.json"
+Rule = Literal["mean", "weighted", "vote"]
+
+
+class EnsembleSpec(BaseModel):
+    """The contents of ``ensemble.json``."""
+
+    members: list[str] = Field(min_length=1)
+    rule: Rule = "mean"
+    weights: list[float] | None = None
+    member_thresholds: list[float] | None = None
+    threshold: float = 0.5
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _lengths_match(self) -> EnsembleSpec:
+        for name in ("weights", "member_thresholds"):
+            value = getattr(self, name)
+            if value is not None and len(value) != len(self.members):
+                raise ValueError(f"{name} has {len(value)} entries for {len(self.members)} members")
+        return self
+
+
+def combine(
+    probs: np.ndarray,
+    rule: Rule = "mean",
+    weights: list[float] | np.ndarray | None = None,
+    member_thresholds: list[float] | np.ndarray | None = None,
+) -> np.ndarray:
+    """Combine members' P(ai), shaped (members, images), into the ensemble's P(ai), shaped (images,).
+
+    ``mean`` averages; ``weighted`` averages with non-negative weights (normalised); ``vote`` is the share
+    of members whose probability reaches their own threshold.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim == 1:
+        probs = probs[:, None]
+    members = probs.shape[0]
+    if rule == "mean":
+        return probs.mean(axis=0)
+    if rule == "weighted":
+        w = np.ones(members) if weights is None else np.clip(np.asarray(weights, dtype=np.float64), 0, None)
+        if w.sum() <= 0:
+            raise ValueError("ensemble weights must have a positive sum")
+        return (w[:, None] * probs).sum(axis=0) / w.sum()
+    if rule == "vote":
+        t = (
+            np.full(members, 0.5)
+            if member_thresholds is None
+            else np.asarray(member_thresholds, dtype=np.float64)
+        )
+        return (probs >= t[:, None]).mean(axis=0)
+    raise ValueError(f"unknown ensemble rule {rule!r}: use mean, weighted or vote")
+
+
+def fit_weights(probs: np.ndarray, y: np.ndarray) -> list[float]:
+    """Weights (summing to 1) that minimise the log loss of the weighted mean on validation data."""
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-6, 1 - 1e-6)
+    y = np.asarray(y, dtype=np.float64)
+    members = probs.shape[0]
+
+    def loss(z: np.ndarray) -> float:
+        w = np.exp(z - z.max())
+        p = np.clip((w[:, None] * probs).sum(0) / w.sum(), 1e-6, 1 - 1e-6)
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+    z = minimize(loss, np.zeros(members), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7}).x
+    w = np.exp(z - z.max())
+    return (w / w.sum()).round(6).tolist()
+
+
+def save_ensemble(spec: EnsembleSpec, path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / ENSEMBLE_FILE).write_text(spec.model_dump_json(indent=2))
+    return path
+
+
+def load_ensemble(path: str | Path) -> EnsembleSpec:
+    file = Path(path) / ENSEMBLE_FILE
+    if not file.exists():
+        raise FileNotFoundError(f"no ensemble at {path}: expected {file}")
+    return EnsembleSpec.model_validate(json.loads(file.read_text()))
+
+
+def build_and_evaluate(
+    members: list[str],
+    manifest: str | Path,
+    rule: Rule = "mean",
+    weights: list[float] | None = None,
+    fit_on: str = "val",
+    split: str = "test",
+):
+    """Fit the ensemble's weights (``weighted`` without weights) and threshold on ``fit_on``, then compare it
+    with each member on ``split``, per generator. Returns ``(spec, accuracy table, overall table)``."""
+    import pandas as pd
+
+    from genart.data.pipeline import select_rows
+    from genart.evaluate.metrics import binary_metrics, choose_threshold, per_generator
+    from genart.evaluate.predict import predict_rows
+    from genart.models.artifact import load_artifact
+
+    loaded = [load_artifact(m) for m in members]
+    names = [f"{m.meta.name}#{i}" if [x.meta.name for x in loaded].count(m.meta.name) > 1 else m.meta.name
+             for i, m in enumerate(loaded)]  # fmt: skip
+    fit_rows, test_rows = select_rows(manifest, fit_on), select_rows(manifest, split)
+    fit_preds = [predict_rows(m, fit_rows) for m in loaded]
+    y_fit = fit_preds[0]["target"].to_numpy()
+    fit_probs = np.stack([p["prob"].to_numpy() for p in fit_preds])
+    member_thresholds = [m.meta.threshold for m in loaded]
+    if rule == "weighted" and weights is None:
+        weights = fit_weights(fit_probs, y_fit)
+    threshold = choose_threshold(y_fit, combine(fit_probs, rule, weights, member_thresholds))
+
+    test_preds = [predict_rows(m, test_rows) for m in loaded]
+    frame = test_preds[0][["generator", "target"]].copy()
+    accuracy, overall = {}, {}
+    for name, preds, model in zip(names, test_preds, loaded, strict=True):
+        frame["prob"] = preds["prob"].to_numpy()
+        accuracy[name] = per_generator(frame, model.meta.threshold)["accuracy"]
+        overall[name] = binary_metrics(frame["target"], frame["prob"], model.meta.threshold)
+    frame["prob"] = combine(
+        np.stack([p["prob"].to_numpy() for p in test_preds]), rule, weights, member_thresholds
+    )
+    accuracy["ensemble"] = per_generator(frame, threshold)["accuracy"]
+    overall["ensemble"] = binary_metrics(frame["target"], frame["prob"], threshold)
+    spec = EnsembleSpec(
+        members=[str(m) for m in members],
+        rule=rule,
+        weights=weights,
+        member_thresholds=member_thresholds,
+        threshold=threshold,
+        metrics={f"test_{k}": float(v) for k, v in overall["ensemble"].items()},
+    )
+    return spec, pd.DataFrame(accuracy), pd.DataFrame(overall).T
