@@ -44,12 +44,14 @@ def _torch_epochs(
     return rates
 
 
-def _ray_epochs(rows: pd.DataFrame, spec: InputSpec, processes: int, batch: int, epochs: int) -> list[float]:
+def _ray_epochs(
+    rows: pd.DataFrame, spec: InputSpec, processes: int, batch: int, epochs: int, blocks: int | None = None
+) -> list[float]:
     import ray
 
     ray.init(address="local", num_cpus=processes, include_dashboard=False, log_to_driver=False)
     try:
-        ds = make_dataset(rows, spec, training=True, batch_size=batch, num_cpus=1)
+        ds = make_dataset(rows, spec, training=True, batch_size=batch, num_cpus=1, num_blocks=blocks)
         rates = []
         for _ in range(epochs):
             start, seen = time.perf_counter(), 0
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--blocks", type=int, help="Ray Data input blocks (default: make_dataset's choice)")
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows = select_rows(manifest, "train")
         spec = InputSpec(args.size, mean=(0.5,) * 3, std=(0.5,) * 3, crop_policy="crop")
         torch_rates = _torch_epochs(rows, spec, args.processes, args.batch_size, args.epochs)
-        ray_rates = _ray_epochs(rows, spec, args.processes, args.batch_size, args.epochs)
+        ray_rates = _ray_epochs(rows, spec, args.processes, args.batch_size, args.epochs, args.blocks)
 
     steady = slice(1, None) if args.epochs > 1 else slice(None)
     torch_steady = sum(torch_rates[steady]) / len(torch_rates[steady])
