@@ -348,6 +348,40 @@ def ensemble_cmd(
     )
 
 
+@app.command("compare")
+def compare_cmd(
+    artifacts: Annotated[list[str], typer.Argument(help="two or more artefacts (paths or models:/ URIs)")],
+    data: Annotated[Path, typer.Option(help="split manifest")],
+    split: Annotated[str, typer.Option(help="split to compare on")] = "test",
+    out: Annotated[Path, typer.Option(help="report folder")] = Path("reports/compare"),
+    robustness: Annotated[bool, typer.Option("--robustness/--no-robustness")] = True,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="log the report to MLflow")] = True,
+) -> None:
+    """Compare models: metrics, ROC curves, confusion matrices, generator x model heatmap, speed, decision."""
+    from genart.data.pipeline import select_rows
+    from genart.evaluate.compare import compare
+    from genart.evaluate.evaluation import ROBUSTNESS
+
+    try:
+        report = compare(artifacts, select_rows(data, split), out, split, ROBUSTNESS if robustness else ())
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(report.metrics.to_string(float_format=lambda v: f"{v:.3f}"))
+    typer.echo("\ndecision:\n" + "\n".join(f"- {line}" for line in report.decision))
+    if track:
+        import mlflow
+
+        from genart.config import Settings
+        from genart.train.trainer import absolute_tracking_uri
+
+        mlflow.set_tracking_uri(absolute_tracking_uri(Settings().mlflow_tracking_uri))
+        mlflow.set_experiment("genart-compare")
+        with mlflow.start_run(run_name=f"compare-{len(artifacts)}-models") as run:
+            mlflow.log_artifacts(str(out), artifact_path="comparison")
+        typer.echo(f"logged to MLflow run {run.info.run_id}")
+    typer.echo(f"report: {report.markdown}")
+
+
 def _logo(config: Path | None, overrides: list[str] | None, data: Path, out: Path | None) -> None:
     from genart.evaluate.protocols import leave_one_generator_out
 

@@ -1,0 +1,228 @@
+"""The model comparison report: one Markdown page and its PNGs, from which a person can decide at a glance.
+
+It evaluates every artefact on the same split (metrics, per-generator accuracy, robustness), measures
+inference speed on this machine at batch 1 and 32, adds the mean ensemble of all of them, and writes a
+"decision" section generated from those numbers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+from genart.evaluate.ensemble import combine
+from genart.evaluate.evaluation import ROBUSTNESS, evaluate
+from genart.evaluate.metrics import binary_metrics, choose_threshold, per_generator
+from genart.models.artifact import LoadedModel, load_artifact
+
+__all__ = ["ComparisonReport", "compare", "inference_speed"]
+
+
+@dataclass
+class ComparisonReport:
+    markdown: Path
+    plots: list[Path]
+    metrics: pd.DataFrame
+    decision: list[str]
+
+
+def inference_speed(loaded: LoadedModel, batch: int, repeats: int = 5) -> tuple[float, float]:
+    """(images/s, ms per image) of the model's forward pass on this machine, after one warm-up."""
+    size = loaded.spec.input_size
+    x = torch.randn(batch, 3, size, size)
+    with torch.inference_mode():
+        loaded.model(x)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            loaded.model(x)
+        elapsed = (time.perf_counter() - start) / repeats
+    return batch / elapsed, 1000 * elapsed / batch
+
+
+def _names(loaded: list[LoadedModel]) -> list[str]:
+    names = [m.meta.name for m in loaded]
+    return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
+
+
+def compare(
+    artifacts: list[str],
+    rows: pd.DataFrame,
+    out: str | Path,
+    split: str = "test",
+    robustness: tuple[str, ...] = ROBUSTNESS,
+    speed: bool = True,
+) -> ComparisonReport:
+    """Evaluate ``artifacts`` on ``rows`` and write ``comparison.md`` with its PNGs into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    loaded = [load_artifact(a) for a in artifacts]
+    names = _names(loaded)
+    results = [evaluate(m, rows, split=split, robustness=robustness) for m in loaded]
+
+    records = {}
+    for name, model, result in zip(names, loaded, results, strict=True):
+        record = {k: result.overall[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")}
+        for condition in robustness:
+            record[f"acc_{condition}"] = result.robustness.loc["all", condition]
+        if speed:
+            record["img_s_b1"], record["ms_b1"] = inference_speed(model, 1)
+            record["img_s_b32"], record["ms_b32"] = inference_speed(model, 32)
+        records[name] = record
+    # The mean ensemble of all members; its threshold is chosen on these rows only for want of a
+    # validation split here, which flatters it: the report says so.
+    probs = np.stack([r.predictions["prob"].to_numpy() for r in results])
+    y = results[0].predictions["target"].to_numpy()
+    ensemble_p = combine(probs, "mean")
+    ensemble_t = choose_threshold(y, ensemble_p)
+    ensemble = binary_metrics(y, ensemble_p, ensemble_t)
+    records["ensemble(mean)"] = {k: ensemble[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")}
+    if speed:
+        records["ensemble(mean)"]["ms_b1"] = sum(records[n]["ms_b1"] for n in names)
+        records["ensemble(mean)"]["ms_b32"] = sum(records[n]["ms_b32"] for n in names)
+    metrics = pd.DataFrame.from_dict(records, orient="index")
+
+    frame = results[0].predictions[["generator", "target"]].copy()
+    heat = {}
+    for name, result in zip(names, results, strict=True):
+        heat[name] = result.per_generator["accuracy"]
+    frame["prob"] = ensemble_p
+    heat["ensemble(mean)"] = per_generator(frame, ensemble_t)["accuracy"]
+    by_generator = pd.DataFrame(heat)
+
+    plots = [
+        _plot_roc(names, results, ensemble_p, y, out),
+        _plot_confusions(names, results, out),
+        _plot_heatmap(by_generator, out),
+    ]
+    decision = _decision(metrics, names, speed)
+    md = [
+        "# Model comparison",
+        "",
+        f"{len(rows)} images of the `{split}` split; each artefact uses its own threshold (from validation).",
+        "",
+        "## Metrics",
+        "",
+        metrics.to_markdown(floatfmt=".3f"),
+        "",
+        "`acc_jpeg96`/`acc_jpeg75`: accuracy after re-saving as JPEG at that quality; `acc_half`: after "
+        "halving the size. `img_s_b*`/`ms_b*`: forward-pass speed on this machine at batch 1 and 32.",
+        "",
+        "![ROC](roc.png)",
+        "",
+        "## Accuracy per generator",
+        "",
+        by_generator.to_markdown(floatfmt=".3f"),
+        "",
+        "![by generator](by_generator.png)",
+        "",
+        "![confusion matrices](confusion.png)",
+        "",
+        "## Decision",
+        "",
+        *[f"- {line}" for line in decision],
+        "",
+    ]
+    path = out / "comparison.md"
+    path.write_text("\n".join(md))
+    metrics.to_csv(out / "metrics.csv")
+    by_generator.to_csv(out / "by_generator.csv")
+    return ComparisonReport(path, plots, metrics, decision)
+
+
+def _decision(metrics: pd.DataFrame, names: list[str], speed: bool) -> list[str]:
+    singles = metrics.loc[names]
+    best = singles["roc_auc"].fillna(0).idxmax()
+    lines = [
+        f"Best single model: **{best}**, ROC-AUC {singles.loc[best, 'roc_auc']:.3f}, accuracy "
+        f"{singles.loc[best, 'accuracy']:.3f}"
+        + (f", {singles.loc[best, 'ms_b1']:.1f} ms per image at batch 1." if speed else ".")
+    ]
+    ens = metrics.loc["ensemble(mean)"]
+    gain = ens["accuracy"] - singles.loc[best, "accuracy"]
+    cost = (
+        f" at {ens['ms_b1']:.1f} ms per image ({ens['ms_b1'] / singles.loc[best, 'ms_b1']:.1f}x)"
+        if speed
+        else ""
+    )
+    lines.append(
+        f"Mean ensemble of all {len(names)}: accuracy {ens['accuracy']:.3f} "
+        f"({gain:+.3f} against {best}){cost}. "
+        "Its threshold was chosen on the evaluated rows, which flatters it; confirm with `genart ensemble`, "
+        "which fits on validation."
+    )
+    if gain > 0.01:
+        lines.append("The ensemble gains over one point of accuracy: serve it if its latency is acceptable.")
+    else:
+        lines.append(f"The ensemble gains under one point of accuracy: serve **{best}** alone.")
+    worst_condition = [c for c in metrics.columns if c.startswith("acc_")]
+    if worst_condition:
+        drops = singles[worst_condition].min(axis=1)
+        fragile = drops[drops < singles["accuracy"] - 0.1]
+        for name in fragile.index:
+            lines.append(
+                f"{name} loses over 10 points under a re-save or resize: it may rely on file artefacts."
+            )
+    return lines
+
+
+def _plot_roc(names, results, ensemble_p, y, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, result in zip(names, results, strict=True):
+        preds = result.predictions
+        if preds["target"].nunique() == 2:
+            RocCurveDisplay.from_predictions(preds["target"], preds["prob"], name=name, ax=ax)
+    if len(np.unique(y)) == 2:
+        RocCurveDisplay.from_predictions(
+            y, ensemble_p, name="ensemble(mean)", ax=ax, curve_kwargs={"linestyle": "--"}
+        )
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_title("ROC curves")
+    fig.tight_layout()
+    path = out / "roc.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_confusions(names, results, out: Path) -> Path:
+    fig, axes = plt.subplots(1, len(names), figsize=(3.6 * len(names), 3.4), squeeze=False)
+    for ax, name, result in zip(axes[0], names, results, strict=True):
+        preds = result.predictions
+        ConfusionMatrixDisplay.from_predictions(
+            preds["target"], (preds["prob"] >= result.threshold).astype(int), labels=[0, 1],
+            display_labels=["nature", "ai"], ax=ax, colorbar=False,
+        )  # fmt: skip
+        ax.set_title(name, fontsize=9)
+    fig.tight_layout()
+    path = out / "confusion.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_heatmap(by_generator: pd.DataFrame, out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(1.6 * by_generator.shape[1] + 3, 0.45 * by_generator.shape[0] + 1.5))
+    image = ax.imshow(by_generator.to_numpy(dtype=float), vmin=0.5, vmax=1.0, cmap="RdYlGn", aspect="auto")
+    ax.set_xticks(range(by_generator.shape[1]), by_generator.columns, rotation=20, ha="right", fontsize=8)
+    ax.set_yticks(range(by_generator.shape[0]), by_generator.index, fontsize=8)
+    for (i, j), value in np.ndenumerate(by_generator.to_numpy(dtype=float)):
+        if not np.isnan(value):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+    fig.colorbar(image, ax=ax, label="accuracy")
+    ax.set_title("Accuracy per generator and model")
+    fig.tight_layout()
+    path = out / "by_generator.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
