@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install lint format test test-fast demo data bench-data bench-train clean \
+.PHONY: help install lint format test test-fast demo data bench-data bench-train clean tune \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -66,6 +66,9 @@ train_vit: $(VENV)/.installed
 train_all: train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit ## all four GPU models
 
 # The venv goes first on the head's PATH so that a job's `python` is the one genart is installed in.
+tune: $(VENV)/.installed ## 2 x 2 grid (lr x batch) with Ray Tune + ASHA on the sample data, MLflow parent/child runs
+	$(GENART) tune --config jobs/configs/tune-cpu.yaml --data $(MANIFEST)
+
 ray-up: $(VENV)/.installed ## a local Ray head for `ray job submit` and `serve deploy` (never on Redis' port 6379)
 	PATH=$(abspath $(VENV))/bin:$$PATH $(VENV)/bin/ray start --head --port $(RAY_PORT) \
 		--dashboard-host 127.0.0.1 --metrics-export-port 8080

@@ -203,6 +203,42 @@ def train(
     _print_result(result)
 
 
+@app.command("tune")
+def tune_cmd(
+    data: Annotated[
+        Path | None, typer.Option(help="split manifest (default: the config's data.manifest)")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="experiment YAML; its tune: section holds the grid")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="experiment name (default: tune-<model>-<time>)")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="resume the interrupted search called --name")
+    ] = False,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="MLflow parent + child runs")] = True,
+    overrides: SetOption = None,
+) -> None:
+    """Grid-search learning rate x batch size (and optionally optimizer, schedule) with Ray Tune and ASHA."""
+    from genart.train.tune import tune_grid
+
+    cfg = _config(config, overrides, **{"data.manifest": data})
+    if cfg.data.manifest is None:
+        _fail("no data: pass --data MANIFEST or set data.manifest in the config")
+    if resume and not name:
+        _fail("--resume needs the --name of the search to continue")
+    try:
+        result = tune_grid(cfg, cfg.data.manifest, name=name, resume=resume, track=track)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(result.table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    if result.best:
+        typer.echo(
+            f"\nbest trial {result.best['trial_id']}: lr {result.best['lr']}, batch size "
+            f"{result.best['batch_size']}, val ROC-AUC {result.best['val_auc']:.4f}"
+        )
+    typer.echo(f"results: reports/tune/{result.name}/results.md")
+
+
 def _print_result(result) -> None:
     history = result.history
     if len(history):

@@ -49,7 +49,9 @@ def _ray_epochs(
 ) -> list[float]:
     import ray
 
-    ray.init(address="local", num_cpus=processes, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=processes, include_dashboard=False, log_to_driver=False)
     try:
         ds = make_dataset(rows, spec, training=True, batch_size=batch, num_cpus=1, num_blocks=blocks)
         rates = []
@@ -60,7 +62,8 @@ def _ray_epochs(
             rates.append(seen / (time.perf_counter() - start))
         return rates
     finally:
-        ray.shutdown()
+        if started:
+            ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> dict:

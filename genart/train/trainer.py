@@ -68,8 +68,12 @@ def build_trainer(
     manifest: Path,
     run_name: str,
     mlflow_info: dict[str, str] | None = None,
+    callbacks: list | None = None,
 ):
-    """A Ray Train V2 ``TorchTrainer`` for ``config``, fed by Ray Data datasets built from ``manifest``."""
+    """A Ray Train V2 ``TorchTrainer`` for ``config``, fed by Ray Data datasets built from ``manifest``.
+
+    ``callbacks`` are Ray Train user callbacks, e.g. Tune's ``TuneReportCallback`` when a trial drives it.
+    """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -126,6 +130,7 @@ def build_trainer(
                 checkpoint_score_order="max",
             ),
             failure_config=FailureConfig(max_failures=t.max_failures, controller_failure_limit=3),
+            callbacks=callbacks,
         ),
         datasets=datasets,
     )

@@ -166,3 +166,33 @@ def test_train_command_and_leave_one_generator_out(synth_manifest: Path, tmp_pat
     table = pd.read_csv(tmp_path / "logo" / "logo.csv", index_col=0)
     assert list(table.index) == ["imagenet_glide", "imagenet_ai_0508_adm", "mean"]
     assert table.loc["imagenet_glide", "unseen_accuracy"] >= 0 and "seen_auc" in table
+
+
+def test_tune_runs_a_grid_with_mlflow_parent_and_child_runs(
+    synth_manifest: Path, tmp_path: Path, tracking: str, ray_cluster
+) -> None:
+    from genart.train.tune import trial_concurrency, tune_grid
+
+    config = _config(
+        tmp_path,
+        "train.epochs=1",
+        "train.num_workers=1",
+        "train.cpus_per_worker=0.4",
+        "tune.lr=[0.001, 0.003]",
+        "tune.batch_size=[16]",
+        "train.experiment=tune-test",
+    )
+    assert trial_concurrency(config, {"CPU": 4}) == 2 and trial_concurrency(config, {"CPU": 1}) == 1
+    result = tune_grid(config, synth_manifest, name="grid", out=tmp_path / "reports")
+    assert len(result.table) == 2 and set(result.table["lr"]) == {0.001, 0.003}
+    assert result.best["val_auc"] == result.table["val_auc"].max()
+    assert (tmp_path / "reports" / "grid" / "results.md").read_text().count("Best trial") == 1
+
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking)
+    children = mlflow.search_runs(
+        experiment_names=["tune-test"],
+        filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_parent_run_id}'",
+    )
+    assert len(children) == 2 and "metrics.val_auc" in children
