@@ -11,18 +11,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.tree import DecisionTreeClassifier
 
-matplotlib.use("Agg")  # reports are written headless, in CI and on cluster nodes
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from sklearn.model_selection import StratifiedKFold, cross_val_score  # noqa: E402
-from sklearn.tree import DecisionTreeClassifier  # noqa: E402
-
-from genart.data.index import usable  # noqa: E402
-from genart.data.split import leaked_hashes, near_duplicates  # noqa: E402
+from genart.data.index import usable
+from genart.data.split import leaked_hashes, near_duplicates
+from genart.plots import annotated_heatmap, plt, save_figure
 
 __all__ = ["SHORTCUT_WARN", "ReportResult", "metadata_features", "shortcut_scores", "write_report"]
 
@@ -98,11 +94,7 @@ def _plot_counts(rows: pd.DataFrame, out: Path) -> Path:
     ax.set_title("Images per generator, label" + (" and split" if split_col else ""))
     ax.legend(fontsize=7, ncols=2, title=" / ".join(keys[1:]))
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=8)
-    fig.tight_layout()
-    path = out / "counts.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "counts.png")
 
 
 def _plot_sizes(rows: pd.DataFrame, out: Path) -> Path:
@@ -124,29 +116,17 @@ def _plot_sizes(rows: pd.DataFrame, out: Path) -> Path:
     ax.set_yscale("log")
     ax.set_ylabel("sqrt(width x height), pixels")
     ax.set_title("Image size per generator (green: nature, red: ai)")
-    fig.tight_layout()
-    path = out / "sizes.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "sizes.png")
 
 
 def _plot_shortcuts(scores: pd.DataFrame, out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(10, max(3.0, 0.35 * len(scores) + 1.5)))
-    plot = scores.drop(columns=["n"]).astype(float)
-    image = ax.imshow(plot.to_numpy(), vmin=0.5, vmax=1.0, cmap="RdYlGn_r", aspect="auto")
-    ax.set_xticks(range(plot.shape[1]), plot.columns, rotation=20, ha="right", fontsize=8)
-    ax.set_yticks(range(plot.shape[0]), plot.index, fontsize=8)
-    for (i, j), value in np.ndenumerate(plot.to_numpy()):
-        if not np.isnan(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(image, ax=ax, label="balanced accuracy (0.5 = chance)")
-    ax.set_title("What metadata alone predicts the label (red = shortcut)")
-    fig.tight_layout()
-    path = out / "shortcuts.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return annotated_heatmap(
+        scores.drop(columns=["n"]).astype(float),
+        out / "shortcuts.png",
+        title="What metadata alone predicts the label (red = shortcut)",
+        colorbar_label="balanced accuracy (0.5 = chance)",
+        cmap="RdYlGn_r",
+    )
 
 
 def write_report(manifest: pd.DataFrame, out: str | Path, title: str = "genart data report") -> ReportResult:

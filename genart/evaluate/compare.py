@@ -11,11 +11,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -25,6 +20,7 @@ from genart.evaluate.ensemble import combine
 from genart.evaluate.evaluation import ROBUSTNESS, evaluate
 from genart.evaluate.metrics import binary_metrics, choose_threshold, per_generator
 from genart.models.artifact import LoadedModel, load_artifact
+from genart.plots import annotated_heatmap, plt, save_figure
 
 __all__ = ["ComparisonReport", "compare", "inference_speed"]
 
@@ -188,11 +184,7 @@ def _plot_roc(names, results, ensemble_p, y, out: Path) -> Path:
         )
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set_title("ROC curves")
-    fig.tight_layout()
-    path = out / "roc.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "roc.png")
 
 
 def _plot_confusions(names, results, out: Path) -> Path:
@@ -204,25 +196,10 @@ def _plot_confusions(names, results, out: Path) -> Path:
             display_labels=["nature", "ai"], ax=ax, colorbar=False,
         )  # fmt: skip
         ax.set_title(name, fontsize=9)
-    fig.tight_layout()
-    path = out / "confusion.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "confusion.png")
 
 
 def _plot_heatmap(by_generator: pd.DataFrame, out: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(1.6 * by_generator.shape[1] + 3, 0.45 * by_generator.shape[0] + 1.5))
-    image = ax.imshow(by_generator.to_numpy(dtype=float), vmin=0.5, vmax=1.0, cmap="RdYlGn", aspect="auto")
-    ax.set_xticks(range(by_generator.shape[1]), by_generator.columns, rotation=20, ha="right", fontsize=8)
-    ax.set_yticks(range(by_generator.shape[0]), by_generator.index, fontsize=8)
-    for (i, j), value in np.ndenumerate(by_generator.to_numpy(dtype=float)):
-        if not np.isnan(value):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
-    fig.colorbar(image, ax=ax, label="accuracy")
-    ax.set_title("Accuracy per generator and model")
-    fig.tight_layout()
-    path = out / "by_generator.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return annotated_heatmap(
+        by_generator, out / "by_generator.png", "Accuracy per generator and model", "accuracy"
+    )

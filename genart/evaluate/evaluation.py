@@ -6,11 +6,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
@@ -25,6 +20,7 @@ from genart.evaluate.metrics import (
 )
 from genart.evaluate.predict import predict_rows
 from genart.models.artifact import LoadedModel
+from genart.plots import plt, save_figure
 
 __all__ = ["ROBUSTNESS", "Calibration", "EvaluationResult", "calibrate", "evaluate", "write_evaluation"]
 
@@ -110,11 +106,7 @@ def _plot_confusion(result: EvaluationResult, out: Path) -> Path:
         preds["target"], predicted, labels=[0, 1], display_labels=["nature", "ai"], ax=ax, colorbar=False
     )
     ax.set_title(f"{result.name} on {result.split} (threshold {result.threshold:.2f})", fontsize=9)
-    fig.tight_layout()
-    path = out / "confusion.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "confusion.png")
 
 
 def _plot_roc(result: EvaluationResult, out: Path) -> Path:
@@ -124,11 +116,7 @@ def _plot_roc(result: EvaluationResult, out: Path) -> Path:
         RocCurveDisplay.from_predictions(preds["target"], preds["prob"], name=result.name, ax=ax)
     ax.plot([0, 1], [0, 1], "k:", lw=0.8)
     ax.set_title(f"ROC on {result.split}", fontsize=9)
-    fig.tight_layout()
-    path = out / "roc.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "roc.png")
 
 
 def write_evaluation(result: EvaluationResult, out: str | Path) -> Path:
