@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genart.config import CropPolicy
+from genart.config import CropPolicy, ModelConfig
 from genart.data.layout import CLASSES
 from genart.data.transforms import InputSpec
 
@@ -33,6 +33,7 @@ __all__ = [
     "PretrainedWeightsUnavailable",
     "ResidualDetector",
     "ZooEntry",
+    "build_from_config",
     "build_model",
     "get_entry",
     "load_lite0_package_weights",
@@ -263,3 +264,15 @@ def build_model(
     if entry.residual:
         model = ResidualDetector(model)
     return model, spec
+
+
+def build_from_config(model_config: ModelConfig) -> tuple[nn.Module, InputSpec]:
+    """:func:`build_model` from the ``model:`` section of an experiment config."""
+    return build_model(
+        model_config.name,
+        pretrained=model_config.pretrained,
+        weights=model_config.weights,
+        drop_rate=model_config.drop_rate,
+        input_size=model_config.input_size,
+        crop_policy=model_config.crop_policy,
+    )

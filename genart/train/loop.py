@@ -23,7 +23,7 @@ from torch import nn
 from genart.config import GenartConfig
 from genart.evaluate.metrics import binary_metrics
 from genart.models.artifact import WEIGHTS_FILE, ArtifactMeta, save_artifact
-from genart.models.zoo import build_model
+from genart.models.zoo import build_from_config
 
 __all__ = ["STATE_FILE", "lr_factor", "train_loop_per_worker"]
 
@@ -121,14 +121,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
         torch.set_num_threads(max(1, int(t.cpus_per_worker)))
     torch.manual_seed(config.data.seed)
 
-    net, _ = build_model(
-        config.model.name,
-        pretrained=config.model.pretrained,
-        weights=config.model.weights,
-        drop_rate=config.model.drop_rate,
-        input_size=config.model.input_size,
-        crop_policy=config.model.crop_policy,
-    )
+    net, _ = build_from_config(config.model)
     state: dict[str, Any] = {"epoch": -1, "best_auc": -1.0, "bad_epochs": 0, "resumed_from": None}
     checkpoint = ray.train.get_checkpoint()
     optimizer_state = None

@@ -23,7 +23,7 @@ from genart.config import GenartConfig, Settings
 from genart.data.pipeline import make_dataset, select_rows
 from genart.evaluate.evaluation import EvaluationResult, calibrate, evaluate, write_evaluation
 from genart.models.artifact import ArtifactMeta, load_artifact, manifest_fingerprint, read_meta, save_artifact
-from genart.models.zoo import build_model, get_entry
+from genart.models.zoo import build_from_config, get_entry
 from genart.train.loop import train_loop_per_worker
 
 __all__ = ["FitResult", "absolute_tracking_uri", "build_trainer", "fit", "init_ray"]
@@ -79,13 +79,9 @@ def build_trainer(
 
     t = config.train
     train_rows, val_rows = _rows(config, manifest, "train"), _rows(config, manifest, "val")
-    model, spec = build_model(
-        config.model.name,
-        pretrained=config.model.pretrained,
-        weights=config.model.weights,
-        input_size=config.model.input_size,
-        crop_policy=config.model.crop_policy,
-    )  # built once here, so that missing weights fail before any worker starts
+    model, spec = build_from_config(
+        config.model
+    )  # built here first: missing weights fail before workers start
     entry = get_entry(config.model.name)
     meta = ArtifactMeta(
         name=config.model.name,

@@ -61,35 +61,36 @@ def trial_concurrency(config: GenartConfig, resources: dict[str, float]) -> int:
     return max(1, fit)
 
 
-def _trial(params: dict[str, Any]) -> None:
+def _trial(params: dict[str, Any], context: dict[str, Any]) -> None:
+    """One trial: the base config plus this trial's parameters, trained by a TorchTrainer."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    config = GenartConfig.model_validate(params["base"])
+    config = GenartConfig.model_validate(context["base"])
     for key in ("lr", "batch_size", "optimizer", "schedule"):
         if key in params:
             setattr(config.train, key, params[key])
     trial_id = tune.get_context().get_trial_id()
     mlflow_info = None
-    if params.get("mlflow"):
+    if context.get("mlflow"):
         import mlflow
 
-        mlflow.set_tracking_uri(params["mlflow"]["tracking_uri"])
+        mlflow.set_tracking_uri(context["mlflow"]["tracking_uri"])
         mlflow.set_experiment(config.train.experiment)
         run_name = f"trial-{trial_id}"
         found = mlflow.search_runs(filter_string=f"tags.mlflow.runName = '{run_name}'")
         if len(found):
             child = found["run_id"].iloc[0]
         else:
-            tags = {"mlflow.parentRunId": params["mlflow"]["parent_run_id"], "genart.trial": trial_id}
+            tags = {"mlflow.parentRunId": context["mlflow"]["parent_run_id"], "genart.trial": trial_id}
             with mlflow.start_run(run_name=run_name, tags=tags) as run:
                 mlflow.log_params(
                     {k: params[k] for k in ("lr", "batch_size", "optimizer", "schedule") if k in params}
                 )
                 child = run.info.run_id
-        mlflow_info = {"tracking_uri": params["mlflow"]["tracking_uri"], "run_id": child}
+        mlflow_info = {"tracking_uri": context["mlflow"]["tracking_uri"], "run_id": child}
     trainer = build_trainer(
-        config, Path(params["manifest"]), f"train-{trial_id}", mlflow_info, callbacks=[TuneReportCallback()]
+        config, Path(context["manifest"]), f"train-{trial_id}", mlflow_info, callbacks=[TuneReportCallback()]
     )
     trainer.fit()
 
@@ -134,12 +135,12 @@ def tune_grid(
                 parent_id = run.info.run_id
 
     space = param_space(config)
-    space.update(
-        base=config.model_dump(mode="json"),
-        manifest=str(manifest),
-        mlflow={"tracking_uri": uri, "parent_run_id": parent_id} if track else None,
-    )
-    trainable = tune.with_resources(_trial, {"cpu": 0.01})
+    context = {
+        "base": config.model_dump(mode="json"),
+        "manifest": str(manifest),
+        "mlflow": {"tracking_uri": uri, "parent_run_id": parent_id} if track else None,
+    }
+    trainable = tune.with_resources(tune.with_parameters(_trial, context=context), {"cpu": 0.01})
     path = storage / name
     if resume and tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(
