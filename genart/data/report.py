@@ -92,7 +92,7 @@ def _plot_counts(rows: pd.DataFrame, out: Path) -> Path:
     counts.plot.bar(stacked=True, ax=ax, width=0.8, colormap="tab20")
     ax.set_ylabel("images")
     ax.set_title("Images per generator, label" + (" and split" if split_col else ""))
-    ax.legend(fontsize=7, ncols=2, title=" / ".join(keys[1:]))
+    ax.legend(fontsize=7, title=" / ".join(keys[1:]), loc="upper left", bbox_to_anchor=(1.01, 1.0))
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=8)
     return save_figure(fig, out / "counts.png")
 
