@@ -196,3 +196,7 @@ def test_tune_runs_a_grid_with_mlflow_parent_and_child_runs(
         filter_string=f"tags.mlflow.parentRunId = '{result.mlflow_parent_run_id}'",
     )
     assert len(children) == 2 and "metrics.val_auc" in children
+
+    resumed = tune_grid(config, synth_manifest, name="grid", resume=True, out=tmp_path / "reports")
+    assert resumed.mlflow_parent_run_id == result.mlflow_parent_run_id  # the same search, not a new one
+    assert sorted(resumed.table["trial_id"]) == sorted(result.table["trial_id"])
