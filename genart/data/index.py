@@ -14,6 +14,7 @@ import json
 import os
 from collections import deque
 from collections.abc import Iterator
+import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ __all__ = [
     "describe_file",
     "estimate_jpeg_quality",
     "index_tree",
+    "process_pool",
     "read_manifest",
     "sniff_format",
     "usable",
@@ -211,6 +213,15 @@ def describe_file(path: str, root: str) -> dict[str, object]:
     return row
 
 
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool that is safe to start from any caller.
+
+    It uses forkserver rather than fork: the caller may already run Ray (gRPC threads) or torch, and forking a
+    process with live threads can hang the children.
+    """
+    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("forkserver"))
+
+
 def _describe_chunk(paths: list[str], root: str) -> list[dict[str, object]]:
     return [describe_file(p, root) for p in paths]
 
@@ -301,7 +312,7 @@ def index_tree(
                 flush(_describe_chunk(chunk, root_str))
                 bar.update(len(chunk))
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with process_pool(workers) as pool:
                 in_flight: deque[Future[list[dict[str, object]]]] = deque()
                 for chunk in chunks:
                     in_flight.append(pool.submit(_describe_chunk, chunk, root_str))

@@ -50,7 +50,6 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
@@ -59,6 +58,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
+from genart.data.index import process_pool
 from genart.data.layout import GENIMAGE_GENERATORS, LABEL_AI, LABEL_NATURE, canonical_generator
 
 __all__ = [
@@ -420,7 +420,7 @@ def synthesize(
                 bar.update()
         else:
             chunksize = max(1, len(jobs) // (workers * 8))
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with process_pool(workers) as pool:
                 for generator in pool.map(_render, jobs, chunksize=chunksize):
                     counts[generator] += 1
                     bar.update()
