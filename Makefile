@@ -76,11 +76,11 @@ ray-up: $(VENV)/.installed ## a local Ray head for `ray job submit` and `serve d
 ray-down: ## stop the local Ray head
 	$(VENV)/bin/ray stop
 
-train-job: ## submit the demo training to the Ray head as a job (after `make ray-up` and `make data`)
+train-job: ## submit the demo training as a Ray job (after `make ray-up`, `make data`); ARGS="--epochs 2" adds options
 	$(VENV)/bin/ray job submit --address http://127.0.0.1:8265 --working-dir . \
 		--runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "sqlite:///$(abspath mlflow.db)", "RAY_AUTH_MODE": "disabled"}}' \
 		-- python jobs/train.py --config jobs/configs/demo-cpu.yaml --data $(abspath $(MANIFEST)) \
-		--out $(abspath artifacts) --set train.storage_path=$(abspath runs)
+		--out $(abspath artifacts) --set train.storage_path=$(abspath runs) $(ARGS)
 
 bench-data: $(VENV)/.installed ## Ray Data pipeline vs a PyTorch DataLoader on the same files and transform
 	$(PY) -m genart.bench.data --out reports/bench
