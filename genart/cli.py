@@ -251,6 +251,9 @@ def _print_result(result) -> None:
     if result.evaluation is not None:
         typer.echo("\ntest split, per generator:")
         typer.echo(_eval_table(result.evaluation))
+        if result.evaluation.attribution is not None:
+            typer.echo("\nattribution, recall per class:")
+            typer.echo(result.evaluation.attribution.to_string(float_format=lambda v: f"{v:.3f}"))
     typer.echo(
         f"\nartefact: {result.artifact}"
         + (f"  (MLflow run {result.mlflow_run_id})" if result.mlflow_run_id else "")
@@ -312,10 +315,11 @@ def evaluate_cmd(
 
             present = set(read_manifest(data)["split"].dropna())
             split = "test" if "test" in present else None
-        rows = select_rows(data, split)
+        classes = loaded.meta.classes if len(loaded.meta.classes) > 2 else None
+        rows = select_rows(data, split, classes=classes)
         calibration = None
         if calibrate_on:
-            calibration = calibrate(loaded, select_rows(data, calibrate_on), workers=workers)
+            calibration = calibrate(loaded, select_rows(data, calibrate_on, classes=classes), workers=workers)
             loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
@@ -325,6 +329,11 @@ def evaluate_cmd(
     )  # fmt: skip
     report = write_evaluation(result, out or Path("reports/eval") / f"{loaded.meta.name}-{split or 'all'}")
     typer.echo(_eval_table(result))
+    if result.attribution is not None:
+        typer.echo(
+            "\nattribution, recall per class:\n"
+            + result.attribution.to_string(float_format=lambda v: f"{v:.3f}")
+        )
     typer.echo(f"\nthreshold {result.threshold:.3f}; report: {report}")
 
 

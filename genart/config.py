@@ -74,6 +74,9 @@ class ModelConfig(_Section):
     """Which network, and how it sees its input."""
 
     name: str = "residual"
+    task: Literal["detect", "attribute"] = Field(
+        "detect", description="'detect': nature vs ai; 'attribute': nature vs each training generator"
+    )
     pretrained: bool = True
     weights: Path | None = Field(None, description="a local checkpoint of pretrained weights")
     crop_policy: CropPolicy | None = Field(None, description="override the zoo's input policy")

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from genart.config import AugmentConfig
 from genart.data.index import read_manifest, usable
-from genart.data.layout import label_to_target
+from genart.data.layout import LABEL_AI, label_to_target
 from genart.data.transforms import DEGRADATIONS, ImageDecodeError, InputSpec, decode_image, eval_transform, train_transform
 
 __all__ = ["ManifestDataset", "decode_batch", "make_dataset", "select_rows"]
@@ -30,10 +30,13 @@ def select_rows(
     split: str | None,
     generators: list[str] | None = None,
     exclude_generators: list[str] | None = None,
+    classes: list[str] | None = None,
 ) -> pd.DataFrame:
     """Usable rows of one split (``None``: all), optionally restricted to some generators.
 
-    Returns ``path``, ``target`` (0 nature, 1 ai), ``label`` and ``generator``, in manifest order.
+    Returns ``path``, ``target``, ``label`` and ``generator``, in manifest order. ``target`` is 0 for nature
+    and 1 for ai; for an attribution model, pass its ``classes`` (``["nature", generator, ...]``) and the
+    target of an AI image is its generator's index, AI images of other generators being left out.
     """
     df = read_manifest(manifest) if isinstance(manifest, str | Path) else manifest
     rows = usable(df)
@@ -53,7 +56,14 @@ def select_rows(
     if exclude_generators:
         rows = rows[~rows["generator"].isin(exclude_generators)]
     out = rows[["path", "label", "generator"]].reset_index(drop=True)
-    out["target"] = out["label"].map(label_to_target).astype("int64")
+    if classes is None or len(classes) <= 2:
+        out["target"] = out["label"].map(label_to_target).astype("int64")
+        return out
+    index = {name: i for i, name in enumerate(classes)}
+    is_ai = out["label"] == LABEL_AI
+    out = out[~is_ai | out["generator"].isin(index)].reset_index(drop=True)
+    out["target"] = [index[g] if label == LABEL_AI else 0 for g, label in zip(out["generator"], out["label"], strict=True)]
+    out["target"] = out["target"].astype("int64")
     return out
 
 

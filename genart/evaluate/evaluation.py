@@ -45,21 +45,30 @@ class EvaluationResult:
     robustness: pd.DataFrame
     predictions: pd.DataFrame
     calibration: Calibration | None = None
+    attribution: pd.DataFrame | None = None
     plots: list[Path] = field(default_factory=list)
 
 
 def _probs(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)) / temperature, dim=1)[
-        :, 1
-    ].numpy()
+    """P(ai) = 1 - P(nature): class 0 is nature for detectors and attributors alike."""
+    return (
+        1.0
+        - torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)) / temperature, dim=1)[
+            :, 0
+        ].numpy()
+    )
+
+
+def logit_columns(preds: pd.DataFrame) -> list[str]:
+    return sorted((c for c in preds.columns if c.startswith("logit_")), key=lambda c: int(c.split("_")[1]))
 
 
 def calibrate(loaded: LoadedModel, val_rows: pd.DataFrame, workers: int = 0) -> Calibration:
     """Fit the temperature and choose the threshold on validation rows; ECE before and after."""
     preds = predict_rows(loaded, val_rows, workers=workers)
-    logits = preds[["logit_0", "logit_1"]].to_numpy()
+    logits = preds[logit_columns(preds)].to_numpy()
     y = preds["target"].to_numpy()
-    temperature = fit_temperature(logits, y)
+    temperature = fit_temperature(logits, preds["class_target"].to_numpy())
     calibrated = _probs(logits, temperature)
     return Calibration(
         temperature=temperature,
@@ -95,7 +104,27 @@ def evaluate(
         robustness=pd.DataFrame(robust),
         predictions=preds,
         calibration=calibration,
+        attribution=attribution_recall(preds, loaded.meta.classes) if len(loaded.meta.classes) > 2 else None,
     )
+
+
+def attribution_recall(preds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """Per true class, in the model's class order: images, recall of the class, and the commonest mistake."""
+    truth = [classes[i] for i in preds["class_target"]]
+    frame = pd.DataFrame({"true": truth, "pred": preds["pred_class"]})
+    records = []
+    for name in classes:
+        part = frame[frame["true"] == name]
+        wrong = part[part["pred"] != name]["pred"]
+        records.append(
+            {
+                "class": name,
+                "n": len(part),
+                "recall": float((part["pred"] == name).mean()) if len(part) else float("nan"),
+                "most_confused_with": wrong.mode().iloc[0] if len(wrong) else "",
+            }
+        )
+    return pd.DataFrame.from_records(records).set_index("class")
 
 
 def _plot_confusion(result: EvaluationResult, out: Path) -> Path:
@@ -145,6 +174,14 @@ def write_evaluation(result: EvaluationResult, out: str | Path) -> Path:
         result.robustness.to_markdown(floatfmt=".3f"),
         "",
     ]
+    if result.attribution is not None:
+        result.attribution.to_csv(out / "attribution.csv")
+        md += [
+            "## Attribution (recall per class, in the model's class order)",
+            "",
+            result.attribution.to_markdown(floatfmt=".3f"),
+            "",
+        ]
     if result.calibration:
         c = result.calibration
         md += [

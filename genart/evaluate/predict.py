@@ -22,17 +22,26 @@ def predict_rows(
     workers: int = 0,
     progress: bool = False,
 ) -> pd.DataFrame:
-    """``rows`` (from :func:`genart.data.pipeline.select_rows`) with ``logit_0``, ``logit_1`` and ``prob``.
+    """``rows`` (see :func:`genart.data.pipeline.select_rows`) with one ``logit_<i>`` per class, and ``prob``.
 
-    ``prob`` is the calibrated P(ai): the artefact's temperature is applied.
+    ``prob`` is the calibrated P(ai) = 1 - P(nature), with the artefact's temperature applied. ``target``
+    becomes 0/1 (nature/ai), the class index is kept as ``class_target``, and ``pred_class`` names the
+    argmax class.
     """
     dataset = ManifestDataset(rows, loaded.spec, degrade=degrade)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
     logits = []
     for images, _ in tqdm(loader, desc=f"predict{' ' + degrade if degrade else ''}", disable=not progress):
         logits.append(loaded.logits(images))
-    stacked = torch.cat(logits).numpy() if logits else np.zeros((0, 2), np.float32)
+    classes = loaded.meta.classes
+    stacked = torch.cat(logits).numpy() if logits else np.zeros((0, len(classes)), np.float32)
     out = rows.reset_index(drop=True).copy()
-    out["logit_0"], out["logit_1"] = stacked[:, 0], stacked[:, 1]
-    out["prob"] = torch.softmax(torch.from_numpy(stacked) / loaded.meta.temperature, dim=1)[:, 1].numpy()
+    for i in range(stacked.shape[1]):
+        out[f"logit_{i}"] = stacked[:, i]
+    out["prob"] = (
+        1.0 - torch.softmax(torch.from_numpy(stacked) / loaded.meta.temperature, dim=1)[:, 0].numpy()
+    )
+    out["class_target"] = out["target"]
+    out["target"] = (out["target"] != 0).astype("int64")
+    out["pred_class"] = [classes[i] for i in stacked.argmax(1)] if len(stacked) else []
     return out

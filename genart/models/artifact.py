@@ -52,7 +52,10 @@ class ArtifactMeta(BaseModel):
     name: str = Field(description="zoo name, e.g. 'residual' or 'lite0'")
     timm_id: str
     residual: bool = False
-    classes: list[str] = Field(default_factory=lambda: list(CLASSES))
+    classes: list[str] = Field(
+        default_factory=lambda: list(CLASSES),
+        description="class 0 is always nature; more than 2: attribution",
+    )
     input: dict[str, Any] = Field(description="InputSpec: size, mean, std, crop policy")
     threshold: float = Field(0.5, description="P(ai) at or above which the label is 'ai'")
     temperature: float = Field(1.0, gt=0, description="logits are divided by this before the softmax")
@@ -85,8 +88,8 @@ class LoadedModel:
         return self.model(images.to(device)).float().cpu()
 
     def predict_proba(self, images: torch.Tensor) -> np.ndarray:
-        """Calibrated P(ai) for a batch of transformed images (N, 3, H, W)."""
-        return torch.softmax(self.logits(images) / self.meta.temperature, dim=1)[:, 1].numpy()
+        """Calibrated P(ai) = 1 - P(nature) for a batch of transformed images (N, 3, H, W)."""
+        return 1.0 - torch.softmax(self.logits(images) / self.meta.temperature, dim=1)[:, 0].numpy()
 
 
 def manifest_fingerprint(rows: pd.DataFrame) -> str:

@@ -203,8 +203,10 @@ def _load_weight_file(model: nn.Module, path: Path) -> None:
     model.load_state_dict(compatible, strict=False)
 
 
-def _create(entry: ZooEntry, pretrained: bool, weights: Path | None, drop_rate: float) -> nn.Module:
-    kwargs = {"num_classes": len(CLASSES), "drop_rate": drop_rate}
+def _create(
+    entry: ZooEntry, pretrained: bool, weights: Path | None, drop_rate: float, num_classes: int
+) -> nn.Module:
+    kwargs = {"num_classes": num_classes, "drop_rate": drop_rate}
     if weights is not None:
         model = timm.create_model(entry.timm_id, pretrained=False, **kwargs)
         _load_weight_file(model, Path(weights))
@@ -214,7 +216,7 @@ def _create(entry: ZooEntry, pretrained: bool, weights: Path | None, drop_rate: 
     if entry.weights == "package":
         model = timm.create_model(entry.timm_id, pretrained=False, num_classes=1000, drop_rate=drop_rate)
         load_lite0_package_weights(model)
-        model.reset_classifier(len(CLASSES))
+        model.reset_classifier(num_classes)
         return model
     advice = (
         "Offline? Pass --weights PATH (a timm checkpoint), train from scratch with --no-pretrained, "
@@ -252,10 +254,11 @@ def build_model(
     drop_rate: float = 0.0,
     input_size: int | None = None,
     crop_policy: CropPolicy | None = None,
+    num_classes: int = len(CLASSES),
 ) -> tuple[nn.Module, InputSpec]:
-    """Build a zoo model with a two-class head, and the input spec its data must be prepared with."""
+    """Build a zoo model (two classes unless told), and the input spec its data must be prepared with."""
     entry = get_entry(name)
-    model = _create(entry, pretrained, Path(weights) if weights else None, drop_rate)
+    model = _create(entry, pretrained, Path(weights) if weights else None, drop_rate, num_classes)
     data_config = timm.data.resolve_model_data_config(model)
     spec = InputSpec.from_timm(data_config, crop_policy=crop_policy or entry.crop_policy)
     size = input_size or entry.input_size
@@ -266,10 +269,13 @@ def build_model(
     return model, spec
 
 
-def build_from_config(model_config: ModelConfig) -> tuple[nn.Module, InputSpec]:
+def build_from_config(
+    model_config: ModelConfig, num_classes: int = len(CLASSES)
+) -> tuple[nn.Module, InputSpec]:
     """:func:`build_model` from the ``model:`` section of an experiment config."""
     return build_model(
         model_config.name,
+        num_classes=num_classes,
         pretrained=model_config.pretrained,
         weights=model_config.weights,
         drop_rate=model_config.drop_rate,

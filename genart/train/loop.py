@@ -90,15 +90,19 @@ def _evaluate(model: nn.Module, shard, batch_size: int, device: torch.device, am
     logits_np = np.concatenate(logits_all) if logits_all else np.zeros((0, 2), np.float32)
     targets_np = np.concatenate(targets_all) if targets_all else np.zeros((0,), np.int64)
     logits_np, targets_np = _gather([logits_np, targets_np])
-    probs = torch.softmax(torch.from_numpy(logits_np), dim=1)[:, 1].numpy()
-    metrics = binary_metrics(targets_np, probs)
+    # Class 0 is nature in every model, so P(ai) = 1 - P(nature) for detectors and attributors alike.
+    probs = 1.0 - torch.softmax(torch.from_numpy(logits_np), dim=1)[:, 0].numpy()
+    metrics = binary_metrics(targets_np != 0, probs)
     loss = nn.functional.cross_entropy(torch.from_numpy(logits_np), torch.from_numpy(targets_np)).item()
-    return {
+    out = {
         "val_loss": loss,
         "val_acc": metrics["accuracy"],
         "val_auc": metrics["roc_auc"],
         "val_n": len(targets_np),
     }
+    if logits_np.shape[1] > 2:
+        out["val_class_acc"] = float((logits_np.argmax(1) == targets_np).mean()) if len(targets_np) else 0.0
+    return out
 
 
 _DTYPES = {"image": torch.float32, "target": torch.int64}
@@ -121,7 +125,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
         torch.set_num_threads(max(1, int(t.cpus_per_worker)))
     torch.manual_seed(config.data.seed)
 
-    net, _ = build_from_config(config.model)
+    net, _ = build_from_config(config.model, num_classes=loop_config.get("num_classes", 2))
     state: dict[str, Any] = {"epoch": -1, "best_auc": -1.0, "bad_epochs": 0, "resumed_from": None}
     checkpoint = ray.train.get_checkpoint()
     optimizer_state = None

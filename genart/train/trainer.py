@@ -20,13 +20,14 @@ from typing import Any
 import pandas as pd
 
 from genart.config import GenartConfig, Settings
+from genart.data.layout import CLASSES
 from genart.data.pipeline import make_dataset, select_rows
 from genart.evaluate.evaluation import EvaluationResult, calibrate, evaluate, write_evaluation
 from genart.models.artifact import ArtifactMeta, load_artifact, manifest_fingerprint, read_meta, save_artifact
 from genart.models.zoo import build_from_config, get_entry
 from genart.train.loop import train_loop_per_worker
 
-__all__ = ["FitResult", "absolute_tracking_uri", "build_trainer", "fit", "init_ray"]
+__all__ = ["FitResult", "absolute_tracking_uri", "build_trainer", "fit", "init_ray", "model_classes"]
 
 log = logging.getLogger("genart.train")
 
@@ -59,8 +60,18 @@ def absolute_tracking_uri(uri: str) -> str:
     return uri
 
 
-def _rows(config: GenartConfig, manifest: Path, split: str) -> pd.DataFrame:
-    return select_rows(manifest, split, config.data.generators, config.data.exclude_generators)
+def model_classes(config: GenartConfig, manifest: Path) -> list[str]:
+    """The model's classes: nature/ai to detect, or nature plus each training generator to attribute."""
+    if config.model.task == "detect":
+        return list(CLASSES)
+    generators = select_rows(manifest, "train", config.data.generators, config.data.exclude_generators)[
+        "generator"
+    ]
+    return [CLASSES[0], *sorted(generators.unique())]
+
+
+def _rows(config: GenartConfig, manifest: Path, split: str, classes: list[str] | None = None) -> pd.DataFrame:
+    return select_rows(manifest, split, config.data.generators, config.data.exclude_generators, classes)
 
 
 def build_trainer(
@@ -78,7 +89,8 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     t = config.train
-    train_rows, val_rows = _rows(config, manifest, "train"), _rows(config, manifest, "val")
+    classes = model_classes(config, manifest)
+    train_rows, val_rows = _rows(config, manifest, "train", classes), _rows(config, manifest, "val", classes)
     model, spec = build_from_config(
         config.model
     )  # built here first: missing weights fail before workers start
@@ -94,6 +106,7 @@ def build_trainer(
             )
         ),
         generators=sorted(train_rows["generator"].unique()),
+        classes=classes,
         train_config=config.model_dump(mode="json"),
     )
     del model
@@ -109,6 +122,7 @@ def build_trainer(
         train_loop_config={
             "config": config.model_dump(mode="json"),
             "train_rows": len(train_rows),
+            "num_classes": len(classes),
             "meta": meta.model_dump(mode="json"),
             "mlflow": mlflow_info,
         },
@@ -241,13 +255,14 @@ def fit(
     artifact_dir = Path(out) / (artifact_name or run_name)
     with best.as_directory() as ckpt:
         loaded = load_artifact(ckpt)
-    calibration = calibrate(loaded, _rows(config, manifest, "val"))
+    classes = loaded.meta.classes
+    calibration = calibrate(loaded, _rows(config, manifest, "val", classes))
     loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold
     evaluation = None
     metrics: dict[str, Any] = dict(loaded.meta.metrics)
     eval_dir = artifact_dir / "evaluation"
     if evaluate_test:
-        test_rows = _rows(config, manifest, "test")
+        test_rows = _rows(config, manifest, "test", classes)
         evaluation = evaluate(loaded, test_rows, split="test", calibration=calibration)
         metrics.update({f"test_{k}": v for k, v in evaluation.overall.items()})
     metrics.update(

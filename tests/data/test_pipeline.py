@@ -68,3 +68,13 @@ def test_ray_training_pipeline_augments_and_shuffles(synth_manifest: Path, ray_c
     assert batch["image"].shape == (16, 3, 32, 32)
     assert list(batch["path"]) != list(rows["path"][:16])
     assert set(batch["generator"]) <= set(rows["generator"])
+
+
+def test_select_rows_gives_attribution_targets_in_class_order(synth_manifest: Path) -> None:
+    classes = ["nature", "imagenet_glide", "imagenet_midjourney"]
+    rows = select_rows(synth_manifest, "train", classes=classes)
+    nature = rows[rows["label"] == "nature"]
+    ai = rows[rows["label"] == "ai"]
+    assert (nature["target"] == 0).all() and len(nature["generator"].unique()) == 7  # every photo stays
+    assert set(ai["generator"]) == {"imagenet_glide", "imagenet_midjourney"}  # other fakes cannot be named
+    assert (ai["target"] == ai["generator"].map({"imagenet_glide": 1, "imagenet_midjourney": 2})).all()

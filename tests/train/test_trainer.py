@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
+import torch
 
 from genart.config import load_config
 from genart.models.artifact import load_artifact, read_meta
@@ -200,3 +201,25 @@ def test_tune_runs_a_grid_with_mlflow_parent_and_child_runs(
     resumed = tune_grid(config, synth_manifest, name="grid", resume=True, out=tmp_path / "reports")
     assert resumed.mlflow_parent_run_id == result.mlflow_parent_run_id  # the same search, not a new one
     assert sorted(resumed.table["trial_id"]) == sorted(result.table["trial_id"])
+
+
+def test_attribution_model_names_generators_in_class_order(
+    synth_manifest: Path, tmp_path: Path, ray_cluster
+) -> None:
+    config = _config(tmp_path, "model.task=attribute", "train.epochs=1", "train.num_workers=1")
+    result = fit(config, synth_manifest, out=tmp_path / "art", track=False)
+    meta = read_meta(result.artifact)
+    assert (
+        meta.classes[0] == "nature"
+        and meta.classes[1:] == sorted(meta.classes[1:])
+        and len(meta.classes) == 8
+    )
+    attribution = result.evaluation.attribution
+    assert list(attribution.index) == meta.classes
+    assert attribution["recall"].between(0, 1).all() and attribution["n"].sum() == len(
+        result.evaluation.predictions
+    )
+    assert "## Attribution" in (result.artifact / "evaluation" / "evaluation.md").read_text()
+    loaded = load_artifact(result.artifact)
+    probs = loaded.predict_proba(torch.zeros(3, 3, 48, 48))
+    assert probs.shape == (3,) and ((probs >= 0) & (probs <= 1)).all()
