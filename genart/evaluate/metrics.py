@@ -87,8 +87,8 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> 
 
 def fit_temperature(logits: np.ndarray, y: np.ndarray, max_iter: int = 200) -> float:
     """Temperature scaling (Guo et al. 2017): the T > 0 minimising NLL of ``softmax(logits / T)``."""
-    logits_t = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
-    y_t = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    logits_t = torch.as_tensor(np.array(logits), dtype=torch.float64)
+    y_t = torch.as_tensor(np.array(y), dtype=torch.long)  # a copy: pandas may hand a read-only view
     if len(torch.unique(y_t)) < 2:
         return 1.0
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
