@@ -360,11 +360,14 @@ def export_cmd(
 @app.command("ensemble")
 def ensemble_cmd(
     members: Annotated[
-        list[str], typer.Option("--members", help="member artefacts: repeat the option, or A,B,C")
+        list[str], typer.Argument(help="member artefacts: `--members A B C`, or `A,B,C`", show_default=False)
     ],
     data: Annotated[
         Path, typer.Option(help="split manifest: weights and threshold on val, evaluation on test")
     ],
+    _members_flag: Annotated[
+        bool, typer.Option("--members", help="introduces the member list (optional)", show_default=False)
+    ] = False,
     rule: Annotated[str, typer.Option(help="mean, weighted (weights fitted on val) or vote")] = "mean",
     weights: Annotated[str | None, typer.Option(help="fixed weights for 'weighted', e.g. 0.7,0.3")] = None,
     out: Annotated[Path, typer.Option(help="ensemble artefact folder")] = Path("artifacts/ensemble"),

@@ -47,7 +47,7 @@ def test_ensemble_command_builds_and_compares(synth_manifest: Path, tmp_path: Pa
         members.append(str(save_artifact(model, meta, tmp_path / name)))
     result = CliRunner().invoke(
         app,
-        ["ensemble", "--members", ",".join(members), "--data", str(synth_manifest), "--rule", "weighted",
+        ["ensemble", "--members", *members, "--data", str(synth_manifest), "--rule", "weighted",
          "--out", str(tmp_path / "ens")],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -56,3 +56,10 @@ def test_ensemble_command_builds_and_compares(synth_manifest: Path, tmp_path: Pa
     table = pd.read_csv(tmp_path / "ens" / "accuracy_by_generator.csv", index_col=0)
     assert list(table.columns) == ["tiny", "tiny_residual", "ensemble"] and "all" in table.index
     assert "the best member's" in result.output
+
+
+def test_ensemble_members_can_be_given_comma_separated(synth_manifest: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["ensemble", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--data", str(synth_manifest)]
+    )
+    assert result.exit_code == 2 and "no genart artefact" in result.output  # both names were read as members
