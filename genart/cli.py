@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +17,15 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 data_app = typer.Typer(help="Build, index, split and report on datasets.", no_args_is_help=True)
+
+
+@app.callback()
+def _main() -> None:
+    # Progress bars are for people at a terminal; in logs (CI, ray job submit, nohup) they are noise.
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+
 app.add_typer(data_app, name="data")
 
 
