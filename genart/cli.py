@@ -329,6 +329,10 @@ def evaluate_cmd(
         classes = loaded.meta.classes if len(loaded.meta.classes) > 2 else None
         rows = select_rows(data, split, classes=classes)
         calibration = None
+        if calibrate_on and calibrate_on == split:
+            _fail(
+                f"--calibrate-on equals --split ({split}): a threshold fitted on what it scores flatters it"
+            )
         if calibrate_on:
             calibration = calibrate(loaded, select_rows(data, calibrate_on, classes=classes), workers=workers)
             loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold

@@ -116,8 +116,8 @@ def make_dataset(
 ):
     """A lazy Ray Dataset streaming decoded batches from ``rows`` (see :func:`select_rows`).
 
-    Rows are shuffled once with ``seed`` when training; the train loop adds a local shuffle buffer per
-    epoch. Decoding runs in Ray tasks of ``num_cpus`` each, in parallel across the cluster.
+    When training, rows are shuffled once with ``seed``, blocks are visited in a new order each epoch, and
+    the train loop adds a local shuffle buffer. Decoding runs in Ray tasks of ``num_cpus`` each, in parallel across the cluster.
     """
     import ray.data
 
@@ -129,6 +129,8 @@ def make_dataset(
     # bare arrays for pandas 3 DataFrames and then fails.
     bounds = np.linspace(0, len(table), blocks + 1).astype(int)
     ds = ray.data.from_pandas([table.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
+    if training:
+        ds = ds.randomize_block_order()  # no seed: each epoch's pass visits the blocks in a new order
     return ds.map_batches(
         decode_batch,
         batch_size=batch_size,

@@ -95,7 +95,9 @@ def export_artifact(
     if fmt not in ("onnx", "torchscript"):
         raise ValueError(f"unknown export format {fmt!r}: use onnx or torchscript")
     loaded = load_artifact(artifact)
-    out_dir = Path(out) if out else Path(loaded.source) / "export"
+    is_uri = str(artifact).startswith(("models:/", "runs:/", "mlflow-artifacts:/"))
+    default = Path("exports") / loaded.meta.name if is_uri else Path(loaded.source) / "export"
+    out_dir = Path(out) if out else default
     out_dir.mkdir(parents=True, exist_ok=True)
     meta_json = loaded.meta.model_dump_json(indent=2)
     (out_dir / META_FILE).write_text(meta_json)

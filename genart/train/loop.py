@@ -171,18 +171,26 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
                 batch_size=t.batch_size,
                 device=device,
                 dtypes=_DTYPES,
-                local_shuffle_buffer_size=t.batch_size * 4,
+                local_shuffle_buffer_size=max(256, t.batch_size * 8),
                 local_shuffle_seed=config.data.seed + epoch * world + rank,
             )
         ):
             if t.limit_train_batches and step >= t.limit_train_batches:
                 break
-            factor = lr_factor(
-                epoch * steps_per_epoch + step, total_steps, t.warmup_epochs * steps_per_epoch, t.schedule
+            global_step = epoch * steps_per_epoch + step
+            warmup = t.warmup_epochs * steps_per_epoch
+            head_factor = lr_factor(global_step, total_steps, warmup, t.schedule)
+            # The backbone's schedule starts when it is unfrozen, warm-up included: a pretrained backbone
+            # hit by the full learning rate on its first step can lose what it knew.
+            probe_steps = t.probe_epochs * steps_per_epoch
+            backbone_factor = lr_factor(
+                global_step - probe_steps, total_steps - probe_steps, warmup, t.schedule
             )
             for group in optimizer.param_groups:
-                frozen = probing and group["name"] == "backbone"
-                group["lr"] = 0.0 if frozen else t.lr * factor
+                if group["name"] == "head":
+                    group["lr"] = t.lr * head_factor
+                else:
+                    group["lr"] = 0.0 if probing else t.lr * backbone_factor
             images, targets = batch["image"], batch["target"]
             with _autocast(device, amp):
                 logits = model(images)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from genart.config import GenartConfig, Settings
 from genart.data.layout import CLASSES
@@ -240,8 +242,14 @@ def fit(
     if not manifest.exists():
         raise FileNotFoundError(f"no manifest at {manifest}: run `genart data index` and `genart data split`")
     run_name = resume or config.train.run_name or f"{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if resume and not (Path(config.train.storage_path) / resume).exists():
+    local_storage = "://" not in str(config.train.storage_path)
+    run_dir = Path(config.train.storage_path) / run_name
+    if resume and local_storage and not run_dir.exists():
         raise FileNotFoundError(f"nothing to resume: no run {resume!r} under {config.train.storage_path}")
+    if not resume and local_storage and run_dir.exists():
+        # Ray Train resumes any run whose folder exists, even a finished one: say so rather than do it.
+        raise ValueError(f"a run named {run_name!r} exists under {config.train.storage_path}: "
+                         "continue it with --resume, or choose another train.run_name")  # fmt: skip
     init_ray()
     mlflow_info = _start_mlflow(config, run_name, bool(resume)) if track else None
     trainer = build_trainer(config, manifest, run_name, mlflow_info)
@@ -254,16 +262,17 @@ def fit(
 
     artifact_dir = Path(out) / (artifact_name or run_name)
     with best.as_directory() as ckpt:
-        loaded = load_artifact(ckpt)
+        loaded = load_artifact(ckpt, device="cuda" if torch.cuda.is_available() else "cpu")
     classes = loaded.meta.classes
-    calibration = calibrate(loaded, _rows(config, manifest, "val", classes))
+    workers = min(4, os.cpu_count() or 1)  # decoding for calibration and evaluation runs on the driver
+    calibration = calibrate(loaded, _rows(config, manifest, "val", classes), workers=workers)
     loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold
     evaluation = None
     metrics: dict[str, Any] = dict(loaded.meta.metrics)
     eval_dir = artifact_dir / "evaluation"
     if evaluate_test:
         test_rows = _rows(config, manifest, "test", classes)
-        evaluation = evaluate(loaded, test_rows, split="test", calibration=calibration)
+        evaluation = evaluate(loaded, test_rows, split="test", calibration=calibration, workers=workers)
         metrics.update({f"test_{k}": v for k, v in evaluation.overall.items()})
     metrics.update(
         ece_before=calibration.ece_before,

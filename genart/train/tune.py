@@ -116,6 +116,8 @@ def tune_grid(
     storage = Path(config.train.storage_path).resolve()
     config = config.model_copy(deep=True)
     config.train.storage_path = storage / name / "train_runs"
+    if config.model.weights is not None:  # trials run in their own directories: relative paths would break
+        config.model.weights = Path(config.model.weights).resolve()
     concurrency = trial_concurrency(config, ray.cluster_resources())
 
     parent_id = None

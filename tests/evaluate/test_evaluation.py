@@ -62,10 +62,24 @@ def test_evaluate_command_prints_the_table(synth_manifest: Path, tiny_artifact: 
     assert (tmp_path / "r" / "evaluation.md").exists()
 
 
-def test_evaluate_command_fails_clearly(synth_manifest: Path, tmp_path: Path) -> None:
+def test_evaluate_command_fails_clearly(synth_manifest: Path, tiny_artifact: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     missing = runner.invoke(app, ["evaluate", str(tmp_path / "nope"), "--data", str(synth_manifest)])
     assert missing.exit_code == 2 and "no genart artefact" in missing.output
     assert runner.invoke(app, ["evaluate", "--data", str(synth_manifest)]).exit_code == 2
+    same = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(tiny_artifact),
+            "--data",
+            str(synth_manifest),
+            "--split",
+            "val",
+            "--calibrate-on",
+            "val",
+        ],
+    )
+    assert same.exit_code == 2 and "flatters" in same.output
     bad = runner.invoke(app, ["evaluate", "x", "--data", str(synth_manifest), "--protocol", "magic"])
     assert bad.exit_code == 2 and "unknown protocol" in bad.output

@@ -113,6 +113,8 @@ def test_resume_continues_an_interrupted_run(synth_manifest: Path, tmp_path: Pat
     assert list(again.history["epoch"]) == [0, 1] and again.history["resumed_from"].iloc[-1] == 0
     with pytest.raises(FileNotFoundError, match="nothing to resume"):
         fit(_config(tmp_path), synth_manifest, resume="never-ran", track=False)
+    with pytest.raises(ValueError, match="--resume"):  # reusing a name must not silently resume
+        fit(_config(tmp_path, "train.run_name=r"), synth_manifest, track=False)
 
 
 def test_the_loop_probes_then_fine_tunes_and_stops_early_in_local_mode(
