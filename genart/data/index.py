@@ -334,9 +334,12 @@ def index_tree(
     return summary
 
 
-def _set_metadata(path: Path, info: dict[str, object]) -> None:
-    table = pq.read_table(path)
+def _write_with_metadata(table: pa.Table, info: dict[str, object], path: Path) -> None:
     pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), b"genart": json.dumps(info)}), path)
+
+
+def _set_metadata(path: Path, info: dict[str, object]) -> None:
+    _write_with_metadata(pq.read_table(path), info, path)
 
 
 def write_manifest(manifest: pd.DataFrame, path: str | Path) -> Path:
@@ -344,8 +347,7 @@ def write_manifest(manifest: pd.DataFrame, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(manifest, preserve_index=False)
-    info = manifest.attrs.get("genart", {})
-    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), b"genart": json.dumps(info)}), path)
+    _write_with_metadata(table, manifest.attrs.get("genart", {}), path)
     return path
 
 

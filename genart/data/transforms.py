@@ -27,7 +27,6 @@ from torchvision import transforms as T
 from genart.config import MAX_IMAGE_PIXELS, AugmentConfig
 
 __all__ = [
-    "DEFAULT_MAX_PIXELS",
     "DEGRADATIONS",
     "ImageDecodeError",
     "InputSpec",
@@ -41,7 +40,6 @@ __all__ = [
     "train_transform",
 ]
 
-DEFAULT_MAX_PIXELS = MAX_IMAGE_PIXELS
 
 Transform = Callable[[Image.Image], torch.Tensor]
 
@@ -86,7 +84,7 @@ class InputSpec:
         return cls(**known)
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode bytes to an upright RGB image, or raise :class:`ImageDecodeError` saying why.
 
     EXIF orientation is applied, palette/CMYK/greyscale become RGB, and transparency is composited on

@@ -6,12 +6,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from genart.evaluate.metrics import (
+    ai_probability,
     binary_metrics,
     choose_threshold,
     expected_calibration_error,
@@ -49,16 +48,6 @@ class EvaluationResult:
     plots: list[Path] = field(default_factory=list)
 
 
-def _probs(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """P(ai) = 1 - P(nature): class 0 is nature for detectors and attributors alike."""
-    return (
-        1.0
-        - torch.softmax(torch.from_numpy(np.asarray(logits, dtype=np.float32)) / temperature, dim=1)[
-            :, 0
-        ].numpy()
-    )
-
-
 def logit_columns(preds: pd.DataFrame) -> list[str]:
     return sorted((c for c in preds.columns if c.startswith("logit_")), key=lambda c: int(c.split("_")[1]))
 
@@ -69,11 +58,11 @@ def calibrate(loaded: LoadedModel, val_rows: pd.DataFrame, workers: int = 0) -> 
     logits = preds[logit_columns(preds)].to_numpy()
     y = preds["target"].to_numpy()
     temperature = fit_temperature(logits, preds["class_target"].to_numpy())
-    calibrated = _probs(logits, temperature)
+    calibrated = ai_probability(logits, temperature)
     return Calibration(
         temperature=temperature,
         threshold=choose_threshold(y, calibrated),
-        ece_before=expected_calibration_error(y, _probs(logits, 1.0)),
+        ece_before=expected_calibration_error(y, ai_probability(logits)),
         ece_after=expected_calibration_error(y, calibrated),
     )
 

@@ -19,12 +19,19 @@ from sklearn.metrics import (
 )
 
 __all__ = [
+    "ai_probability",
     "binary_metrics",
     "choose_threshold",
     "expected_calibration_error",
     "fit_temperature",
     "per_generator",
 ]
+
+
+def ai_probability(logits: np.ndarray | torch.Tensor, temperature: float = 1.0) -> np.ndarray:
+    """P(ai) = 1 - P(nature) from logits (N, classes): class 0 is nature in detectors and attributors."""
+    logits_t = torch.as_tensor(np.array(logits, dtype=np.float32))
+    return 1.0 - torch.softmax(logits_t / temperature, dim=1)[:, 0].numpy()
 
 
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:

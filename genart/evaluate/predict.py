@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from genart.data.pipeline import ManifestDataset
+from genart.evaluate.metrics import ai_probability
 from genart.models.artifact import LoadedModel
 
 __all__ = ["predict_rows"]
@@ -38,9 +39,7 @@ def predict_rows(
     out = rows.reset_index(drop=True).copy()
     for i in range(stacked.shape[1]):
         out[f"logit_{i}"] = stacked[:, i]
-    out["prob"] = (
-        1.0 - torch.softmax(torch.from_numpy(stacked) / loaded.meta.temperature, dim=1)[:, 0].numpy()
-    )
+    out["prob"] = ai_probability(stacked, loaded.meta.temperature)
     out["class_target"] = out["target"]
     out["target"] = (out["target"] != 0).astype("int64")
     out["pred_class"] = [classes[i] for i in stacked.argmax(1)] if len(stacked) else []

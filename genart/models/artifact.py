@@ -25,6 +25,7 @@ from torch import nn
 import genart
 from genart.data.layout import CLASSES
 from genart.data.transforms import InputSpec, eval_transform
+from genart.evaluate.metrics import ai_probability
 
 __all__ = [
     "META_FILE",
@@ -89,7 +90,7 @@ class LoadedModel:
 
     def predict_proba(self, images: torch.Tensor) -> np.ndarray:
         """Calibrated P(ai) = 1 - P(nature) for a batch of transformed images (N, 3, H, W)."""
-        return 1.0 - torch.softmax(self.logits(images) / self.meta.temperature, dim=1)[:, 0].numpy()
+        return ai_probability(self.logits(images), self.meta.temperature)
 
 
 def manifest_fingerprint(rows: pd.DataFrame) -> str:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from genart.config import GenartConfig
-from genart.evaluate.metrics import binary_metrics
+from genart.evaluate.metrics import ai_probability, binary_metrics
 from genart.models.artifact import WEIGHTS_FILE, ArtifactMeta, save_artifact
 from genart.models.zoo import build_from_config
 
@@ -90,8 +90,7 @@ def _evaluate(model: nn.Module, shard, batch_size: int, device: torch.device, am
     logits_np = np.concatenate(logits_all) if logits_all else np.zeros((0, 2), np.float32)
     targets_np = np.concatenate(targets_all) if targets_all else np.zeros((0,), np.int64)
     logits_np, targets_np = _gather([logits_np, targets_np])
-    # Class 0 is nature in every model, so P(ai) = 1 - P(nature) for detectors and attributors alike.
-    probs = 1.0 - torch.softmax(torch.from_numpy(logits_np), dim=1)[:, 0].numpy()
+    probs = ai_probability(logits_np)
     metrics = binary_metrics(targets_np != 0, probs)
     loss = nn.functional.cross_entropy(torch.from_numpy(logits_np), torch.from_numpy(targets_np)).item()
     out = {
