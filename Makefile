@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install lint format test test-fast demo data bench-data bench-train clean tune \
+.PHONY: help install lint format test test-fast demo data bench-data bench-train clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -54,9 +54,25 @@ data: $(VENV)/.installed ## sample data -> index -> split -> data report
 	$(GENART) data split $(DATA)/manifest.parquet --out $(MANIFEST)
 	$(GENART) data report $(MANIFEST) --out reports/data
 
-demo: data ## the main job on embedded defaults: data, then train + calibrate + evaluate a CPU model
-	$(GENART) train --config jobs/configs/demo-cpu.yaml --data $(MANIFEST) --name demo
-	$(GENART) evaluate artifacts/demo --data $(MANIFEST) --out reports/eval/demo
+demo: data ## the main job on embedded defaults: data, two CPU models, their ensemble, served and queried over HTTP
+	rm -rf runs/demo-lite0 runs/demo-residual   # a re-run starts over instead of refusing a used run name
+	$(GENART) train --config jobs/configs/demo-cpu.yaml --data $(MANIFEST) --name demo-lite0
+	$(GENART) train --config jobs/configs/demo-residual.yaml --data $(MANIFEST) --name demo-residual
+	$(GENART) evaluate artifacts/demo-lite0 --data $(MANIFEST) --out reports/eval/demo-lite0
+	$(GENART) ensemble --members artifacts/demo-lite0 artifacts/demo-residual --data $(MANIFEST) \
+		--out artifacts/demo-ensemble
+	$(MAKE) --no-print-directory run_api
+	$(GENART) predict $(DATA)/imagenet_glide/val/ai/$$(ls $(DATA)/imagenet_glide/val/ai | head -1) \
+		$(DATA)/imagenet_glide/val/nature/$$(ls $(DATA)/imagenet_glide/val/nature | head -1) \
+		$(DATA)/imagenet_midjourney/val/ai/$$(ls $(DATA)/imagenet_midjourney/val/ai | head -1) \
+		$(DATA)/imagenet_midjourney/val/nature/$$(ls $(DATA)/imagenet_midjourney/val/nature | head -1)
+	@echo "The ensemble keeps serving: http://127.0.0.1:8000/docs. Stop it with: make serve-down"
+
+run_api: $(VENV)/.installed ## serve serve_config.yaml on a local Ray head (port 6380) and wait until it is ready
+	PATH=$(abspath $(VENV))/bin:$$PATH $(GENART) serve up --config serve_config.yaml --port $(RAY_PORT)
+
+serve-down: ## stop the Serve app and the local Ray head
+	$(GENART) serve down
 
 # The original plan's GPU runs. DATA/MANIFEST point at the indexed Tiny GenImage; GPUS = Ray Train workers.
 train_efficientnet_b3 train_efficientnet_b4 train_xception: train_%: $(VENV)/.installed

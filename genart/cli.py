@@ -17,6 +17,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 data_app = typer.Typer(help="Build, index, split and report on datasets.", no_args_is_help=True)
+serve_app = typer.Typer(help="Run the Serve ensemble locally: up, status, down.", no_args_is_help=True)
+db_app = typer.Typer(help="The prediction store's database.", no_args_is_help=True)
 
 
 @app.callback()
@@ -27,6 +29,8 @@ def _main() -> None:
 
 
 app.add_typer(data_app, name="data")
+app.add_typer(serve_app, name="serve")
+app.add_typer(db_app, name="db")
 
 
 def _fail(message: str) -> None:
@@ -461,6 +465,132 @@ def _logo(config: Path | None, overrides: list[str] | None, data: Path, out: Pat
     )
     typer.echo(table.drop(columns=["artifact"]).to_string(float_format=lambda v: f"{v:.3f}"))
     typer.echo(f"\nreport: {out / 'logo.md'}")
+
+
+ApiOption = Annotated[str, typer.Option("--url", "--api", help="the genart API", envvar="GENART_API_URL")]
+ApiKeyOption = Annotated[str | None, typer.Option(help="the API key", envvar="GENART_API_KEY")]
+
+
+@serve_app.command("up")
+def serve_up(
+    config: Annotated[Path, typer.Option(help="the Serve config to deploy")] = Path("serve_config.yaml"),
+    port: Annotated[int, typer.Option(help="Ray's GCS port (never Redis' 6379)")] = 6380,
+    dashboard_port: Annotated[
+        int, typer.Option(help="the Ray dashboard, which `serve deploy` talks to")
+    ] = 8265,
+    metrics_port: Annotated[int, typer.Option(help="where Prometheus scrapes Ray and Serve metrics")] = 8080,
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the app to be ready")] = 300,
+) -> None:
+    """Start a local Ray head (unless one runs), `serve deploy` the config, and wait until it is ready."""
+    from genart.serve.control import ServeEndpoints, deploy, ensure_ray, http_port, wait_ready
+
+    if not config.exists():
+        _fail(f"no Serve config at {config}")
+    endpoints = ServeEndpoints(port, dashboard_port, http_port(config), metrics_port)
+    try:
+        ensure_ray(endpoints, log=typer.echo)
+        deploy(config, endpoints, log=typer.echo)
+        health = wait_ready(endpoints, timeout_s=timeout, log=typer.echo)
+    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    typer.echo(f"ready ({health['status']}): " + ", ".join(k for k, v in health["parts"].items() if v["ok"]))
+    typer.echo(f"  API:        {endpoints.api}/predict")
+    typer.echo(f"  API docs:   {endpoints.api}/docs")
+    typer.echo(f"  dashboard:  {endpoints.dashboard}")
+    typer.echo(f"  metrics:    {endpoints.metrics}")
+    typer.echo("  stop with:  genart serve down")
+
+
+@serve_app.command("status")
+def serve_status_cmd(
+    api: ApiOption = "http://127.0.0.1:8000",
+    dashboard_port: Annotated[int, typer.Option(help="the Ray dashboard's port")] = 8265,
+) -> None:
+    """The Serve applications as the controller sees them, and the API's own health report."""
+    import json
+
+    import httpx
+
+    from genart.serve.control import ServeEndpoints, serve_status
+
+    endpoints = ServeEndpoints(dashboard_port=dashboard_port)
+    try:
+        status = serve_status(endpoints)
+    except httpx.HTTPError as exc:
+        _fail(f"no Ray dashboard at {endpoints.dashboard} ({exc}); start with `genart serve up`")
+    for name, application in (status.get("applications") or {}).items():
+        typer.echo(f"application {name}: {application['status']}")
+        for dname, dep in application.get("deployments", {}).items():
+            typer.echo(f"  {dname}: {dep['status']} ({len(dep.get('replicas', []))} replicas)")
+    try:
+        typer.echo(json.dumps(httpx.get(f"{api.rstrip('/')}/health", timeout=10).json(), indent=2))
+    except httpx.HTTPError as exc:
+        _fail(f"the API at {api} does not answer: {exc}")
+
+
+@serve_app.command("down")
+def serve_down(
+    keep_ray: Annotated[bool, typer.Option(help="leave the Ray head running")] = False,
+    dashboard_port: Annotated[int, typer.Option(help="the Ray dashboard's port")] = 8265,
+) -> None:
+    """Shut the Serve applications down and stop the local Ray head (`ray stop`: every local Ray process)."""
+    from genart.serve.control import ServeEndpoints, shutdown
+
+    shutdown(ServeEndpoints(dashboard_port=dashboard_port), stop_ray=not keep_ray, log=typer.echo)
+
+
+@app.command("predict")
+def predict_cmd(
+    inputs: Annotated[list[str], typer.Argument(help="image files, folders of images, or http(s) URLs")],
+    api: ApiOption = "http://127.0.0.1:8000",
+    api_key: ApiKeyOption = None,
+    out: Annotated[Path | None, typer.Option(help="write the results as CSV")] = None,
+    batch_size: Annotated[int, typer.Option(help="images per /batch-predict request")] = 16,
+) -> None:
+    """Classify images through the HTTP API (`genart serve up` first). Prints one line per image."""
+    from tqdm import tqdm
+
+    from genart.serve.client import GenartClient, expand_inputs, write_csv
+
+    items = list(expand_inputs(inputs))
+    if not items:
+        _fail("no images found in the given paths")
+    rows = []
+    with GenartClient(api, api_key=api_key) as client:
+        progress = tqdm(total=len(items), unit="img", disable=not sys.stderr.isatty() or len(items) < 2)
+        for row in client.predict_many(items, batch_size=batch_size):
+            rows.append(row)
+            progress.update(1)
+            if row["error"]:
+                tqdm.write(f"{row['input']}: error: {row['error']}")
+            else:
+                tqdm.write(f"{row['input']}: {row['label']:<6} P(ai)={row['probability']:.3f}")
+        progress.close()
+    failed = sum(1 for r in rows if r["error"])
+    typer.echo(
+        f"{len(rows) - failed} classified, {failed} failed, ai: {sum(r['label'] == 'ai' for r in rows)}"
+    )
+    if out:
+        typer.echo(f"results: {write_csv(rows, out)}")
+    if failed == len(rows):
+        raise typer.Exit(code=1)
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    url: Annotated[str | None, typer.Option(help="database URL (default: DATABASE_URL, else sqlite)")] = None,
+) -> None:
+    """Run the prediction store's migrations up to the newest (Alembic)."""
+    from genart.config import Settings
+    from genart.serve.store import PredictionStore, StoreUnavailable
+
+    store = PredictionStore(url or Settings().database_url)
+    try:
+        store.upgrade()
+        store.ping()
+    except StoreUnavailable as exc:
+        _fail(str(exc))
+    typer.echo(f"{store.url}: up to date, {store.count()} predictions stored")
 
 
 if __name__ == "__main__":  # pragma: no cover

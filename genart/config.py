@@ -20,6 +20,8 @@ __all__ = [
     "DataConfig",
     "GenartConfig",
     "ModelConfig",
+    "ServeConfig",
+    "ServeModel",
     "Settings",
     "TrainConfig",
     "TuneConfig",
@@ -123,6 +125,54 @@ class TuneConfig(_Section):
     grace_period: int = 1
 
 
+class ServeModel(_Section):
+    """One model deployment of the serving ensemble."""
+
+    name: str = Field(
+        pattern=r"^[A-Za-z0-9_.-]{1,40}$", description="the deployment's name, unique in the app"
+    )
+    artifact: str | None = Field(
+        None,
+        description="an artefact path or models:/ URI; the deployment's user_config may set or swap it",
+    )
+    weight: float = Field(1.0, ge=0, description="its weight under the 'weighted' rule")
+
+
+class ServeConfig(_Section):
+    """The serving application: ``build_app(args)`` validates its ``args`` against this.
+
+    What may change while serving (artefacts, ensemble rule, weights, threshold, batching) lives in the
+    deployments' ``user_config`` and is applied by ``reconfigure`` without a restart; these are the defaults.
+    """
+
+    models: list[ServeModel] = Field(min_length=1)
+    rule: Literal["mean", "weighted", "vote"] = "mean"
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="the ensemble's P(ai) threshold; None: the members' weighted mean"
+    )
+    max_batch_size: int = Field(16, ge=1, description="@serve.batch: most images in one forward pass")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="@serve.batch: wait for a batch to fill")
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="larger request bodies get 413")
+    max_batch_images: int = Field(32, ge=1, description="most images in one /batch-predict")
+    max_pixels: int = Field(MAX_IMAGE_PIXELS, ge=1, description="decompression-bomb cap, in pixels")
+    url_timeout_s: float = Field(5.0, gt=0)
+    url_allowlist: list[str] = Field(
+        default_factory=list,
+        description="hosts or CIDR networks that URL fetching may reach although private or loopback",
+    )
+    store_buffer: int = Field(
+        10_000, ge=1, description="predictions held in memory while the database is down"
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _unique_names(cls, v: list[ServeModel]) -> list[ServeModel]:
+        names = [m.name for m in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"model names must be unique: {names}")
+        return v
+
+
 class GenartConfig(_Section):
     """The whole experiment: what `genart train`, `genart tune` and `jobs/*.py` read."""
 
@@ -131,6 +181,7 @@ class GenartConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tune: TuneConfig = Field(default_factory=TuneConfig)
+    serve: ServeConfig | None = None
 
 
 class Settings(BaseSettings):
@@ -141,6 +192,8 @@ class Settings(BaseSettings):
     ray_address: str | None = Field(None, validation_alias="RAY_ADDRESS")
     database_url: str = Field("sqlite:///genart.db", validation_alias="DATABASE_URL")
     mlflow_tracking_uri: str = Field("sqlite:///mlflow.db", validation_alias="MLFLOW_TRACKING_URI")
+    api_key: str | None = Field(None, description="GENART_API_KEY: required on every route but /health")
+    log_dir: Path | None = Field(None, description="GENART_LOG_DIR: rotating JSON logs of the serving app")
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:

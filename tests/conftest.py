@@ -108,15 +108,35 @@ def synth_manifest(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     return write_manifest(result.manifest, out / "manifest.split.parquet")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    """One local Ray for every ``ray`` test. More logical CPUs than cores, so Data and Train both get some."""
+def ray_cluster() -> Iterator[dict[str, int]]:
+    """One local Ray for every ``ray`` test. More logical CPUs than cores, so Data and Train both get some.
+
+    It has a dashboard on a free port, so that `serve deploy` / `genart serve up` can deploy to it exactly as
+    to a production head, and a metrics endpoint for the Prometheus checks.
+    """
     import ray
 
+    ports = {"dashboard_port": free_port(), "metrics_port": free_port()}
     ray.init(
-        address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, configure_logging=False
+        address="local",
+        num_cpus=4,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        dashboard_port=ports["dashboard_port"],
+        _metrics_export_port=ports["metrics_port"],
+        log_to_driver=False,
+        configure_logging=False,
     )
     try:
-        yield
+        yield ports
     finally:
         ray.shutdown()

@@ -171,7 +171,7 @@ def _start_mlflow(config: GenartConfig, run_name: str, resume: bool) -> dict[str
 
 def _flat_params(config: GenartConfig) -> dict[str, Any]:
     flat = {}
-    for section, values in config.model_dump(mode="json").items():
+    for section, values in config.model_dump(mode="json", exclude={"serve"}).items():
         for key, value in values.items():
             flat[f"{section}.{key}"] = json.dumps(value) if isinstance(value, list | dict) else value
     return flat

@@ -1,0 +1,639 @@
+"""The HTTP API: the EnsembleIngress deployment (FastAPI), its limits, auth and error mapping.
+
+Every error the API returns is an :class:`~genart.serve.errors.APIError` mapped to JSON here, in one place;
+bad input never becomes a 5xx. Predictions are written to the store off the request path.
+"""
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, File, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+import genart
+from genart.config import ServeConfig, Settings
+from genart.evaluate.ensemble import combine
+from genart.serve.errors import (
+    APIError,
+    BadRequest,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    Unauthorized,
+    UnprocessableImage,
+    UnsupportedMediaType,
+)
+from genart.serve.schemas import (
+    BatchItem,
+    BatchPrediction,
+    ErrorBody,
+    Feedback,
+    FeedbackResult,
+    Health,
+    ModelInfo,
+    ModelScore,
+    ModelsReport,
+    PartHealth,
+    Prediction,
+    PredictJSON,
+)
+
+__all__ = ["EnsembleIngress", "app", "default_threshold", "ensemble_verdict"]
+
+log = logging.getLogger("genart.serve.api")
+
+PUBLIC_PATHS = frozenset({"/health"})
+
+
+def default_threshold(rule: str, thresholds: list[float], weights: list[float]) -> float:
+    """The members' own thresholds, averaged the way their probabilities are (``vote``: a majority)."""
+    if rule == "vote":
+        return 0.5
+    w = np.asarray(weights if rule == "weighted" else [1.0] * len(thresholds), dtype=np.float64)
+    if w.sum() <= 0:
+        w = np.ones(len(thresholds))
+    return float(np.dot(w, thresholds) / w.sum())
+
+
+def ensemble_verdict(
+    probs: list[float], thresholds: list[float], weights: list[float], rule: str, threshold: float | None
+) -> tuple[float, float]:
+    """The ensemble's P(ai) with the rule evaluation uses (:func:`genart.evaluate.ensemble.combine`), and the
+    threshold in force."""
+    p = float(combine(np.asarray(probs)[:, None], rule, weights=weights, member_thresholds=thresholds)[0])
+    t = default_threshold(rule, thresholds, weights) if threshold is None else threshold
+    return p, t
+
+
+def _error_response(error: APIError, request_id: str | None = None) -> JSONResponse:
+    body = error.to_dict()
+    if request_id:
+        body["request_id"] = request_id
+    return JSONResponse(body, status_code=error.status)
+
+
+class LimitsMiddleware:
+    """The two things Ray Serve lacks: a request-size cap (413, also for chunked bodies) and an API key.
+
+    It reads the limits from ``app.state.limits`` (set by the ingress) so that ``reconfigure`` changes them.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limits = getattr(scope["app"].state, "limits", {})
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        api_key = limits.get("api_key")
+        if api_key and scope.get("path") not in PUBLIC_PATHS:
+            given = (
+                headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
+            )
+            if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
+                await _error_response(
+                    Unauthorized("missing or wrong API key: send it in the X-API-Key header")
+                )(scope, receive, send)
+                return
+        cap = int(limits.get("max_upload_bytes", 0))
+        if not cap:
+            await self.app(scope, receive, send)
+            return
+        too_large = PayloadTooLarge(f"request body is larger than the {cap}-byte limit")
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            await _error_response(too_large)(scope, receive, send)
+            return
+        received = 0
+        exceeded = False
+
+        async def limited_receive() -> dict:
+            nonlocal received, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > cap:
+                    exceeded = True  # stop reading; the app's answer to a cut body is replaced below
+                    return {"type": "http.disconnect"}
+            return message
+
+        started = False
+
+        async def guarded_send(message: dict) -> None:
+            nonlocal started
+            if exceeded:
+                if not started:
+                    started = True
+                    await _error_response(too_large)(scope, receive, send)
+                return
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, limited_receive, guarded_send)
+
+
+app = FastAPI(
+    title="genart",
+    version=genart.__version__,
+    description=(
+        "Tells AI-generated images from real photos with an ensemble of detectors. Probabilities are "
+        "calibrated on validation data; treat them as evidence, not verdicts. Set `X-API-Key` when the "
+        "server has `GENART_API_KEY`."
+    ),
+    responses={
+        400: {"description": "bad request", "model": ErrorBody},
+        401: {"description": "missing or wrong API key", "model": ErrorBody},
+        413: {"description": "body over the size limit", "model": ErrorBody},
+        415: {"description": "unsupported content type", "model": ErrorBody},
+        422: {"description": "not a usable image, or a malformed body", "model": ErrorBody},
+    },
+)
+app.add_middleware(LimitsMiddleware)
+
+
+def _metrics_error(request: Request, error: APIError) -> None:
+    ingress = getattr(request.app.state, "ingress", None)
+    if ingress is not None:
+        ingress.count_error(error.code, request.url.path)
+
+
+@app.exception_handler(APIError)
+async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+    _metrics_error(request, exc)
+    log.info("refused %s: %s", request.url.path, exc.message, extra={"status": exc.status, "code": exc.code})
+    return _error_response(exc)
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
+    )
+    error = APIError(f"invalid request: {problems}", status=422, code="invalid_request")
+    _metrics_error(request, error)
+    return _error_response(error)
+
+
+@app.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    error = APIError(str(exc.detail), status=exc.status_code, code=code)
+    _metrics_error(request, error)
+    return _error_response(error)
+
+
+@app.exception_handler(Exception)
+async def _server_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug, not bad input: logged with its traceback, answered as JSON without internals."""
+    log.exception("unhandled error on %s", request.url.path)
+    error = APIError("internal error; it has been logged", status=500, code="internal")
+    _metrics_error(request, error)
+    return _error_response(error, request_id=_request_id())
+
+
+def _request_id() -> str:
+    """Serve's own request id (also in its access log and the X-Request-Id header), else a fresh one."""
+    try:
+        from ray.serve.context import _get_serve_request_context
+
+        rid = _get_serve_request_context().request_id
+    except Exception:  # outside a Serve request
+        rid = ""
+    return rid or uuid.uuid4().hex
+
+
+_MULTIPART_ONE = {
+    "type": "object",
+    "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary", "description": "the image file"}},
+}
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": _MULTIPART_ONE},
+            "application/json": {"schema": PredictJSON.model_json_schema()},
+        },
+    }
+}
+
+
+# Serve pickles the routes when @serve.ingress runs: every helper they call must be defined above this.
+def _clean_name(name: str | None) -> str | None:
+    """A filename fit for a log line and a database column: no path, no control characters, bounded."""
+    if not name:
+        return None
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    cleaned = "".join(ch for ch in base if ch.isprintable())
+    return cleaned[:255] or None
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+@serve.ingress(app)
+class EnsembleIngress:
+    """Fans each image out to every model concurrently and combines them with the evaluation's rule.
+
+    ``user_config`` (all optional): rule, weights ({model: weight}), threshold, max_upload_bytes,
+    max_batch_images, max_pixels, url_timeout_s, url_allowlist.
+    """
+
+    def __init__(self, preprocessor: Any, models: dict[str, Any], config: dict[str, Any]) -> None:
+        from genart.serve.logs import configure_logging
+        from genart.serve.metrics import ServeMetrics
+        from genart.serve.store import PredictionStore, StoreWriter
+
+        self.settings = Settings()
+        configure_logging(self.settings.log_dir)
+        self.config = ServeConfig.model_validate(config)
+        self.preprocessor = preprocessor
+        self.models = models
+        self.weights = {m.name: m.weight for m in self.config.models}
+        self.metrics = ServeMetrics()
+        self.store = PredictionStore(self.settings.database_url)
+        self.writer = StoreWriter(
+            self.store,
+            max_buffer=self.config.store_buffer,
+            spill_path=(self.settings.log_dir / "dropped-predictions.jsonl")
+            if self.settings.log_dir
+            else None,
+            on_write_error=lambda exc: self.metrics.store_failures.inc(),
+            on_drop=lambda record: self.metrics.store_dropped.inc(),
+        )
+        self.migrated = False
+        self._members: dict[str, dict[str, Any]] = {}
+        self._members_at = 0.0
+        self._background: set[asyncio.Task] = set()
+        self._apply_limits()
+        app.state.ingress = self
+        log.info("ingress up: models %s, store %s", list(models), self.store.url)
+
+    # -- configuration -----------------------------------------------------------------------------------
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        update = dict(user_config or {})
+        weights = update.pop("weights", None)
+        if weights:
+            unknown = set(weights) - set(self.models)
+            if unknown:
+                raise ValueError(f"weights for models not in this app: {sorted(unknown)}")
+            self.weights.update({k: float(v) for k, v in weights.items()})
+        self.config = self.config.model_copy(update=ServeConfig.model_validate(
+            {**self.config.model_dump(), **update}
+        ).model_dump(exclude={"models"}))  # fmt: skip
+        self._apply_limits()
+        self._members_at = 0.0
+        log.info("ingress reconfigured: rule %s, threshold %s", self.config.rule, self.config.threshold)
+
+    def _apply_limits(self) -> None:
+        app.state.limits = {
+            "max_upload_bytes": self.config.max_upload_bytes,
+            "api_key": self.settings.api_key,
+        }
+
+    def count_error(self, code: str, route: str) -> None:
+        self.metrics.errors.inc(tags={"code": code, "route": route})
+
+    # -- background work ---------------------------------------------------------------------------------
+    async def _ensure_started(self) -> None:
+        await self.writer.start()
+        if not self.migrated and not any(t.get_name() == "migrate" for t in self._background):
+            task = asyncio.create_task(self._migrate(), name="migrate")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _migrate(self) -> None:
+        """Bring the store's schema up to date, retrying while the database is down."""
+        delay = 0.5
+        while not self.migrated:
+            try:
+                await asyncio.to_thread(self.store.upgrade)
+                self.migrated = True
+            except Exception as exc:  # the database may be down; the writer buffers meanwhile
+                log.warning("store migration failed, retrying in %.0f s: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def check_health(self) -> None:
+        """Serve restarts a replica whose check fails. The store being down is not a reason: this replica
+        holds the buffered predictions, so only a dead writer or an overflowing buffer fails the check."""
+        await self._ensure_started()
+        self.metrics.store_buffer.set(self.writer.depth)
+        if self.writer.depth >= self.config.store_buffer:
+            log.error("store buffer full (%d): predictions are being dropped", self.writer.depth)
+
+    async def __del__(self) -> None:
+        """Serve awaits this on graceful shutdown: write what is still buffered."""
+        await self.writer.close(timeout_s=10.0)
+
+    # -- the models --------------------------------------------------------------------------------------
+    async def _member_info(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
+        if refresh or not self._members or time.monotonic() - self._members_at > 5.0:
+            names = list(self.models)
+            described = await asyncio.gather(*(self.models[n].describe.remote() for n in names))
+            self._members = dict(zip(names, described, strict=True))
+            self._members_at = time.monotonic()
+        missing = [n for n, d in self._members.items() if not d.get("loaded")]
+        if missing:
+            raise ServiceUnavailable(f"models not loaded yet: {missing}; set their 'artifact' in user_config")
+        return self._members
+
+    async def _score(self, data: bytes) -> tuple[Any, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        for attempt in range(3):
+            members = await self._member_info(refresh=attempt > 0)
+            specs = {d["spec_key"]: d["input"] for d in members.values()}
+            prepared = await self.preprocessor.prepare.remote(data, specs)
+            if prepared.error:
+                raise UnprocessableImage(prepared.error)
+            names = list(members)
+            results = await asyncio.gather(
+                *(
+                    self.models[n].predict.remote(
+                        members[n]["spec_key"], prepared.tensors[members[n]["spec_key"]]
+                    )
+                    for n in names
+                )
+            )
+            scores = dict(zip(names, results, strict=True))
+            if not any(r.get("error") == "stale_spec" for r in scores.values()):
+                return prepared, members, scores
+            log.info("a model was swapped mid-request; preparing again")
+        raise ServiceUnavailable("models are being swapped; retry")
+
+    async def _classify(
+        self,
+        data: bytes,
+        source: str,
+        filename: str | None = None,
+        url: str | None = None,
+        request_id: str | None = None,
+    ) -> Prediction:
+        from genart.serve.store import PredictionRecord
+
+        await self._ensure_started()
+        start = time.perf_counter()
+        request_id = request_id or _request_id()
+        prepared, _, scores = await self._score(data)
+        if any("error" in s for s in scores.values()):
+            raise ServiceUnavailable(f"a model could not answer: {scores}")
+        names = list(scores)
+        t0 = time.perf_counter()
+        weights = [self.weights.get(n, 1.0) for n in names]
+        probability, threshold = ensemble_verdict(
+            [scores[n]["probability"] for n in names],
+            [scores[n]["threshold"] for n in names],
+            weights,
+            self.config.rule,
+            self.config.threshold,
+        )
+        label = "ai" if probability >= threshold else "nature"
+        attributed = [s for s in scores.values() if s.get("generator")]
+        best = max(attributed, key=lambda s: s["generator_probability"]) if attributed else None
+        ensemble_ms = (time.perf_counter() - t0) * 1000
+        latency_ms = (time.perf_counter() - start) * 1000
+        prediction = Prediction(
+            request_id=request_id,
+            label=label,
+            probability=probability,
+            threshold=threshold,
+            rule=self.config.rule,
+            models=[
+                ModelScore(
+                    name=n,
+                    version=scores[n]["version"],
+                    probability=scores[n]["probability"],
+                    threshold=scores[n]["threshold"],
+                    latency_ms=scores[n]["latency_ms"],
+                    generator=scores[n].get("generator"),
+                    generator_probability=scores[n].get("generator_probability"),
+                )
+                for n in names
+            ],
+            model_versions={n: scores[n]["version"] for n in names},
+            generator=best["generator"] if best else None,
+            generator_probability=best["generator_probability"] if best else None,
+            latency_ms=latency_ms,
+            source=source,
+            filename=filename,
+            sha256=prepared.sha256,
+            width=prepared.width,
+            height=prepared.height,
+        )
+        self.writer.submit(
+            PredictionRecord(
+                request_id=request_id,
+                source=source,
+                url=url,
+                filename=filename,
+                image_sha256=prepared.sha256,
+                image_bytes=prepared.size_bytes,
+                width=prepared.width,
+                height=prepared.height,
+                label=label,
+                probability=probability,
+                threshold=threshold,
+                model_probs={n: scores[n]["probability"] for n in names},
+                model_versions=prediction.model_versions,
+                generator=prediction.generator,
+                generator_prob=prediction.generator_probability,
+                latency_ms=latency_ms,
+            )
+        )
+        self._observe(prediction, prepared.decode_ms, scores, ensemble_ms)
+        log.info(
+            "predicted %s p=%.4f", label, probability,
+            extra={"request_id": request_id, "source": source, "latency_ms": round(latency_ms, 2)},
+        )  # fmt: skip
+        return prediction
+
+    def _observe(self, p: Prediction, decode_ms: float, scores: dict[str, Any], ensemble_ms: float) -> None:
+        m = self.metrics
+        m.predictions.inc(tags={"label": p.label, "model": "ensemble"})
+        m.stage_latency.observe(decode_ms, tags={"stage": "decode"})
+        m.stage_latency.observe(ensemble_ms, tags={"stage": "ensemble"})
+        m.stage_latency.observe(p.latency_ms, tags={"stage": "total"})
+        for score in p.models:
+            model_label = "ai" if score.probability >= score.threshold else "nature"
+            m.predictions.inc(tags={"label": model_label, "model": score.name})
+            m.stage_latency.observe(score.latency_ms, tags={"stage": f"model:{score.name}"})
+        m.store_buffer.set(self.writer.depth)
+
+    async def _fetch(self, url: str) -> bytes:
+        from genart.serve.fetch import fetch_image
+
+        fetched = await fetch_image(
+            url,
+            max_bytes=self.config.max_upload_bytes,
+            timeout_s=self.config.url_timeout_s,
+            allow=self.config.url_allowlist,
+        )
+        return fetched.data
+
+    # -- routes ------------------------------------------------------------------------------------------
+    @app.post(
+        "/predict",
+        response_model=Prediction,
+        summary="Classify one image: a multipart `file`, or JSON with `url` or base64 `image`",
+        openapi_extra=_PREDICT_BODY,
+    )
+    async def predict(self, request: Request) -> Prediction:
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type == "multipart/form-data":
+            try:
+                form = await request.form(max_files=1, max_fields=4)
+            except Exception as exc:  # Starlette's parser: malformed multipart, too many parts
+                raise BadRequest(f"cannot parse the multipart body: {exc}") from exc
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile) and not hasattr(upload, "read"):
+                raise BadRequest(
+                    f"send the image as the multipart file field 'file' (got fields {list(form)})"
+                )
+            data = await upload.read()
+            return await self._classify(data, "upload", filename=_clean_name(upload.filename))
+        if content_type == "application/json":
+            try:
+                body = PredictJSON.model_validate(json.loads(await request.body()))
+            except (ValueError, ValidationError) as exc:
+                raise APIError(f"invalid JSON body: {exc}", status=422, code="invalid_request") from exc
+            if body.url is not None:
+                data = await self._fetch(body.url)
+                return await self._classify(data, "url", filename=_clean_name(body.filename), url=body.url)
+            try:
+                data = base64.b64decode(body.image or "", validate=True)
+            except (binascii.Error, ValueError) as exc:
+                raise BadRequest(f"'image' is not valid base64: {exc}") from exc
+            return await self._classify(data, "upload", filename=_clean_name(body.filename))
+        raise UnsupportedMediaType(
+            f"content type {content_type or 'none'!r} is not accepted: use multipart/form-data "
+            "with a 'file' field, or application/json with 'url' or 'image'"
+        )
+
+    @app.post("/batch-predict", response_model=BatchPrediction, summary="Classify up to N uploaded images")
+    async def batch_predict(
+        self, files: list[UploadFile] = File(description="the images")
+    ) -> BatchPrediction:
+        cap = self.config.max_batch_images
+        if not files:
+            raise BadRequest("the batch is empty: send one or more 'files' fields")
+        if len(files) > cap:
+            raise BadRequest(
+                f"the batch has {len(files)} images; at most {cap} are accepted", code="batch_too_large"
+            )
+
+        async def one(upload: UploadFile) -> BatchItem:
+            name = _clean_name(upload.filename)
+            try:
+                data = await upload.read()
+                prediction = await self._classify(data, "upload", filename=name, request_id=uuid.uuid4().hex)
+                return BatchItem(filename=name, prediction=prediction)
+            except APIError as exc:
+                self.count_error(exc.code, "/batch-predict")
+                return BatchItem(filename=name, error=ErrorBody(**exc.to_dict()["error"]))
+
+        items = await asyncio.gather(*(one(f) for f in files))
+        failed = sum(item.error is not None for item in items)
+        if failed == len(items):
+            raise UnprocessableImage(
+                "no image in the batch could be used: "
+                + "; ".join(f"{i.filename}: {i.error.message}" for i in items)
+            )
+        return BatchPrediction(results=items, succeeded=len(items) - failed, failed=failed)
+
+    @app.get("/health", response_model=Health, summary="Liveness, and readiness per part (no API key needed)")
+    async def health(self) -> JSONResponse:
+        await self._ensure_started()
+        parts: dict[str, PartHealth] = {}
+        try:
+            await asyncio.wait_for(self.preprocessor.ping.remote(), 5)
+            parts["preprocessor"] = PartHealth(ok=True)
+        except Exception as exc:
+            parts["preprocessor"] = PartHealth(ok=False, detail={"error": str(exc)})
+        for name, handle in self.models.items():
+            try:
+                d = await asyncio.wait_for(handle.describe.remote(), 5)
+                parts[f"model:{name}"] = PartHealth(
+                    ok=bool(d.get("loaded")), detail={"version": d.get("version"), "source": d.get("source")}
+                )
+            except Exception as exc:
+                parts[f"model:{name}"] = PartHealth(ok=False, detail={"error": str(exc)})
+        store_detail: dict[str, Any] = {
+            "url": self.store.url,
+            "migrated": self.migrated,
+            "buffered": self.writer.depth,
+            "written": self.writer.written,
+            "dropped": self.writer.dropped,
+            "last_error": self.writer.last_error,
+        }
+        try:
+            await asyncio.wait_for(asyncio.to_thread(self.store.ping), 5)
+            store_ok = self.migrated
+        except Exception as exc:
+            store_ok, store_detail["error"] = False, str(exc)
+        parts["store"] = PartHealth(ok=store_ok, detail=store_detail)
+        serving = all(p.ok for k, p in parts.items() if k != "store")
+        status = "unavailable" if not serving else ("ok" if store_ok else "degraded")
+        health = Health(status=status, live=True, ready=serving, parts=parts)
+        return JSONResponse(health.model_dump(), status_code=200 if serving else 503)
+
+    @app.get(
+        "/models", response_model=ModelsReport, summary="What is deployed: versions, thresholds, metrics"
+    )
+    async def list_models(self) -> ModelsReport:
+        members = await self._member_info(refresh=True)
+        names = list(members)
+        weights = [self.weights.get(n, 1.0) for n in names]
+        threshold = self.config.threshold
+        if threshold is None:
+            threshold = default_threshold(self.config.rule, [members[n]["threshold"] for n in names], weights)
+        return ModelsReport(
+            rule=self.config.rule,
+            threshold=threshold,
+            models=[
+                ModelInfo(
+                    **{k: v for k, v in members[n].items() if k in ModelInfo.model_fields and k != "weight"},
+                    weight=w,
+                )
+                for n, w in zip(names, weights, strict=True)
+            ],
+        )
+
+    @app.post("/feedback", response_model=FeedbackResult, summary="The true label of a past request_id")
+    async def feedback(self, body: Feedback) -> FeedbackResult:
+        from genart.serve.store import StoreUnavailable
+
+        await self._ensure_started()
+        pending = self.writer.pending(body.request_id)
+        if pending is not None and self.writer.set_pending_feedback(body.request_id, body.label):
+            predicted = pending.label
+        else:
+            try:
+                row = await asyncio.to_thread(self.store.get, body.request_id)
+                if row is None:
+                    raise NotFound(f"no prediction with request_id {body.request_id!r}")
+                await asyncio.to_thread(self.store.set_feedback, body.request_id, body.label)
+            except StoreUnavailable as exc:
+                raise ServiceUnavailable(f"the prediction store is unreachable; retry later ({exc})") from exc
+            predicted = row["label"]
+        correct = predicted == body.label
+        self.metrics.feedback.inc(tags={"correct": str(correct).lower()})
+        try:
+            accuracy, _ = await asyncio.to_thread(self.store.online_accuracy)
+            if accuracy is not None:
+                self.metrics.online_accuracy.set(accuracy)
+        except StoreUnavailable:
+            pass  # the gauge catches up with the next feedback
+        return FeedbackResult(
+            request_id=body.request_id, label=body.label, predicted=predicted, correct=correct
+        )

@@ -1,0 +1,85 @@
+"""The serving metrics, exported through ``ray.serve.metrics`` (Prometheus names get a ``ray_`` prefix).
+
+Prometheus scrapes them from each node's Ray metrics endpoint (``ray start --metrics-export-port=8080``,
+then ``http://<node>:8080/metrics``).
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+__all__ = ["LATENCY_BOUNDARIES_MS", "ServeMetrics"]
+
+LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
+
+
+class ServeMetrics:
+    """Created inside a replica (Ray must be running); each metric is made on first use."""
+
+    @cached_property
+    def predictions(self):
+        from ray.serve.metrics import Counter
+
+        return Counter(
+            "genart_predictions_total",
+            description="predictions served, by label and by model ('ensemble' for the combined verdict)",
+            tag_keys=("label", "model"),
+        )
+
+    @cached_property
+    def stage_latency(self):
+        from ray.serve.metrics import Histogram
+
+        return Histogram(
+            "genart_stage_latency_ms",
+            description="latency per stage: decode, each model, ensemble, total",
+            boundaries=LATENCY_BOUNDARIES_MS,
+            tag_keys=("stage",),
+        )
+
+    @cached_property
+    def errors(self):
+        from ray.serve.metrics import Counter
+
+        return Counter(
+            "genart_errors_total", description="error responses by code and route", tag_keys=("code", "route")
+        )
+
+    @cached_property
+    def store_failures(self):
+        from ray.serve.metrics import Counter
+
+        return Counter(
+            "genart_store_write_failures_total", description="failed writes to the prediction store"
+        )
+
+    @cached_property
+    def store_dropped(self):
+        from ray.serve.metrics import Counter
+
+        return Counter(
+            "genart_store_dropped_total",
+            description="predictions dropped because the store buffer was full (each is logged and spilled)",
+        )
+
+    @cached_property
+    def store_buffer(self):
+        from ray.serve.metrics import Gauge
+
+        return Gauge("genart_store_buffer_depth", description="predictions waiting to be written")
+
+    @cached_property
+    def feedback(self):
+        from ray.serve.metrics import Counter
+
+        return Counter(
+            "genart_feedback_total",
+            description="feedback received, by whether we were right",
+            tag_keys=("correct",),
+        )
+
+    @cached_property
+    def online_accuracy(self):
+        from ray.serve.metrics import Gauge
+
+        return Gauge("genart_online_accuracy", description="accuracy over every prediction with feedback")

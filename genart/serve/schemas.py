@@ -1,0 +1,134 @@
+"""The HTTP API's request and response bodies (pydantic), which are also its OpenAPI schema."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, model_validator
+
+__all__ = [
+    "BatchItem",
+    "BatchPrediction",
+    "ErrorBody",
+    "Feedback",
+    "FeedbackResult",
+    "Health",
+    "ModelInfo",
+    "ModelScore",
+    "ModelsReport",
+    "PartHealth",
+    "PredictJSON",
+    "Prediction",
+]
+
+Label = Literal["ai", "nature"]
+
+
+class PredictJSON(BaseModel):
+    """``POST /predict`` as JSON: exactly one of ``url`` or ``image`` (base64)."""
+
+    url: str | None = Field(None, max_length=2048, description="http(s) URL of an image on a public host")
+    image: str | None = Field(None, description="the image file, base64-encoded")
+    filename: str | None = Field(None, max_length=255)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> PredictJSON:
+        if (self.url is None) == (self.image is None):
+            raise ValueError("send exactly one of 'url' or 'image'")
+        return self
+
+
+class ModelScore(BaseModel):
+    name: str
+    version: str
+    probability: float = Field(description="this model's calibrated P(ai)")
+    threshold: float
+    latency_ms: float
+    generator: str | None = None
+    generator_probability: float | None = None
+
+
+class Prediction(BaseModel):
+    request_id: str
+    label: Label
+    probability: float = Field(
+        description="the ensemble's calibrated probability that the image is AI-generated"
+    )
+    threshold: float = Field(description="label is 'ai' when probability >= threshold")
+    rule: str
+    models: list[ModelScore]
+    model_versions: dict[str, str]
+    generator: str | None = Field(
+        None, description="most likely generator, when an attribution model is deployed"
+    )
+    generator_probability: float | None = None
+    latency_ms: float
+    source: Literal["upload", "url"]
+    filename: str | None = None
+    sha256: str
+    width: int
+    height: int
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    status: int
+
+
+class BatchItem(BaseModel):
+    filename: str | None = None
+    prediction: Prediction | None = None
+    error: ErrorBody | None = None
+
+
+class BatchPrediction(BaseModel):
+    results: list[BatchItem]
+    succeeded: int
+    failed: int
+
+
+class PartHealth(BaseModel):
+    ok: bool
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "unavailable"] = Field(
+        description="ok: ready; degraded: serving, but the store is buffering; unavailable: not ready"
+    )
+    live: bool = True
+    ready: bool
+    parts: dict[str, PartHealth]
+
+
+class ModelInfo(BaseModel):
+    name: str
+    version: str
+    source: str
+    architecture: str
+    classes: list[str]
+    input: dict[str, Any]
+    threshold: float
+    temperature: float
+    weight: float
+    metrics: dict[str, Any]
+    created_at: str | None = None
+
+
+class ModelsReport(BaseModel):
+    rule: str
+    threshold: float
+    models: list[ModelInfo]
+
+
+class Feedback(BaseModel):
+    request_id: str = Field(min_length=1, max_length=64)
+    label: Label = Field(description="the true label of the image that request classified")
+
+
+class FeedbackResult(BaseModel):
+    request_id: str
+    label: Label
+    predicted: Label
+    correct: bool

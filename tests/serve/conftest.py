@@ -1,0 +1,83 @@
+"""Fixtures for the serving tests: a throwaway PostgreSQL database per session, SQLite files per test."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, make_url, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.pool import NullPool
+
+from genart.serve.store import PredictionStore, mask_url, normalise_url
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A fresh, empty database ``genart_test_<random>`` on the server at ``DATABASE_URL``, dropped afterwards.
+
+    Fails rather than skips when there is no server: a green run must mean the PostgreSQL tests ran.
+    """
+    base = os.environ.get("DATABASE_URL")
+    if not base or make_url(base).get_backend_name() != "postgresql":
+        pytest.fail(
+            f"the db tests need DATABASE_URL to point at a PostgreSQL server (it is {base!r}), e.g. "
+            "postgresql+psycopg://postgres@127.0.0.1:5432/test; or deselect them with -m 'not db'",
+            pytrace=False,
+        )
+    server = make_url(normalise_url(base))
+    name = f"genart_test_{secrets.token_hex(4)}"
+    admin = create_engine(
+        server, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 3}
+    )
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except DBAPIError as exc:
+        admin.dispose()
+        pytest.fail(
+            f"cannot create a test database on {mask_url(base)}: {str(exc.orig).splitlines()[0]} "
+            "- is PostgreSQL running (pg_isready -h 127.0.0.1)?",
+            pytrace=False,
+        )
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(
+                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
+                {"name": name},
+            )
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'genart.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.db)])
+def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Each store test runs on SQLite and on PostgreSQL, starting from an empty database either way."""
+    if request.param == "sqlite":
+        yield request.getfixturevalue("sqlite_url")
+        return
+    url = request.getfixturevalue("pg_url")
+    yield url
+    engine = create_engine(url, poolclass=NullPool)
+    with engine.begin() as connection:
+        connection.execute(text("DROP TABLE IF EXISTS predictions, alembic_version"))
+    engine.dispose()
+
+
+@pytest.fixture
+def store(store_url: str) -> Iterator[PredictionStore]:
+    """A migrated store."""
+    store = PredictionStore(store_url)
+    store.upgrade()
+    yield store
+    store.dispose()

@@ -1,0 +1,480 @@
+"""The Serve application end to end: `genart serve up` deploys a config to a real Ray cluster through its
+dashboard (as `serve deploy` does), and every test talks HTTP to it, with predictions stored in the real
+PostgreSQL at DATABASE_URL."""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import http.server
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import torch
+import yaml
+from sqlalchemy import create_engine, text
+from sqlalchemy.pool import NullPool
+from typer.testing import CliRunner
+
+from genart.cli import app as cli
+from genart.models.artifact import ArtifactMeta, save_artifact
+from genart.models.zoo import build_model, get_entry
+from tests.conftest import free_port, image_bytes, png_bomb
+
+pytestmark = [pytest.mark.ray, pytest.mark.db, pytest.mark.slow]
+
+API_KEY = "test-key-123"
+MAX_UPLOAD = 2_000_000
+MAX_BATCH = 4
+
+
+def _artifact(root: Path, name: str, zoo: str, seed: int, threshold: float, **meta: Any) -> Path:
+    torch.manual_seed(seed)
+    classes = meta.pop("classes", ["nature", "ai"])
+    input_size = meta.pop("input_size", None)
+    model, spec = build_model(zoo, pretrained=False, num_classes=len(classes), input_size=input_size)
+    entry = get_entry(zoo)
+    info = ArtifactMeta(
+        name=zoo,
+        timm_id=entry.timm_id,
+        residual=entry.residual,
+        input=spec.to_dict(),
+        classes=classes,
+        threshold=threshold,
+        **meta,
+    )
+    return save_artifact(model, info, root / name)
+
+
+@dataclass
+class Live:
+    api: str
+    config_path: Path
+    config: dict[str, Any]
+    dashboard_port: int
+    metrics: str
+    pg_url: str
+    artifacts: dict[str, Path]
+
+    def client(self, key: str | None = API_KEY) -> httpx.Client:
+        return httpx.Client(base_url=self.api, headers={"X-API-Key": key} if key else {}, timeout=60)
+
+    def stored(self) -> int:
+        engine = create_engine(self.pg_url, poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                return connection.execute(text("SELECT count(*) FROM predictions")).scalar_one()
+        finally:
+            engine.dispose()
+
+    def settled(self, timeout_s: float = 60) -> int:
+        """The stored count once the app's buffer is empty (earlier tests' writes have landed)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            store = httpx.get(f"{self.api}/health", timeout=30).json()["parts"]["store"]["detail"]
+            if store["buffered"] == 0:
+                break
+            time.sleep(0.3)
+        return self.stored()
+
+    def wait_stored(self, expected: int, timeout_s: float = 60) -> int:
+        deadline = time.monotonic() + timeout_s
+        count = -1
+        while time.monotonic() < deadline:
+            try:
+                count = self.stored()
+            except Exception:
+                count = -1
+            if count >= expected:
+                return count
+            time.sleep(0.5)
+        return count
+
+    def redeploy(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        result = CliRunner().invoke(
+            cli,
+            ["serve", "up", "--config", str(self.config_path), "--dashboard-port", str(self.dashboard_port),
+             "--timeout", "180"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def live(ray_cluster: dict[str, int], pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("serve")
+    artifacts = {
+        "detector": _artifact(root, "detector", "tiny", 0, threshold=0.4),
+        "attributor": _artifact(
+            root, "attributor", "tiny_residual", 1, threshold=0.6, input_size=48,
+            classes=["nature", "imagenet_ai_0419_biggan", "imagenet_glide"],
+        ),
+        "detector_v2": _artifact(root, "detector_v2", "tiny", 2, threshold=0.3, version="7"),
+    }  # fmt: skip
+    http_port = free_port()
+    config = {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": http_port, "request_timeout_s": 30},
+        "logging_config": {"encoding": "JSON"},
+        "applications": [
+            {
+                "name": "genart",
+                "route_prefix": "/",
+                "import_path": "genart.serve.app:build_app",
+                "runtime_env": {
+                    "env_vars": {
+                        "DATABASE_URL": pg_url,
+                        "GENART_API_KEY": API_KEY,
+                        "GENART_LOG_DIR": str(root / "logs"),
+                    }
+                },
+                "args": {
+                    "models": [{"name": "detector"}, {"name": "attributor"}],
+                    "max_upload_bytes": MAX_UPLOAD,
+                    "max_batch_images": MAX_BATCH,
+                    "url_allowlist": ["127.0.0.1/32"],
+                    "url_timeout_s": 3,
+                },
+                "deployments": [
+                    {"name": "EnsembleIngress", "ray_actor_options": {"num_cpus": 0.1}},
+                    {"name": "Preprocessor", "ray_actor_options": {"num_cpus": 0.1}},
+                    {
+                        "name": "detector",
+                        "ray_actor_options": {"num_cpus": 0.1},
+                        "user_config": {"artifact": str(artifacts["detector"]), "max_batch_size": 8},
+                    },
+                    {
+                        "name": "attributor",
+                        "ray_actor_options": {"num_cpus": 0.1},
+                        "user_config": {"artifact": str(artifacts["attributor"])},
+                    },
+                ],
+            }
+        ],
+    }
+    path = root / "serve_config.yaml"
+    live = Live(
+        api=f"http://127.0.0.1:{http_port}",
+        config_path=path,
+        config=config,
+        dashboard_port=ray_cluster["dashboard_port"],
+        metrics=f"http://127.0.0.1:{ray_cluster['metrics_port']}/metrics",
+        pg_url=pg_url,
+        artifacts=artifacts,
+    )
+    live.redeploy()
+    try:
+        yield live
+    finally:
+        CliRunner().invoke(cli, ["serve", "down", "--keep-ray", "--dashboard-port", str(live.dashboard_port)])
+
+
+@pytest.fixture(scope="module")
+def image_server() -> Any:
+    """A local web server: /img.png is an image, /to-metadata redirects to the cloud metadata address."""
+    png = image_bytes((64, 64), seed=5)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/img.png":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+            else:
+                self.send_response(302)
+                self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+                self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _upload(data: bytes, name: str = "x.png") -> dict[str, Any]:
+    return {"files": {"file": (name, data, "image/png")}}
+
+
+# -- the API -------------------------------------------------------------------------------------------------
+def test_health_reports_every_part_ready_without_an_api_key(live: Live) -> None:
+    response = httpx.get(f"{live.api}/health", timeout=30)
+    body = response.json()
+    assert response.status_code == 200, body
+    assert body["status"] == "ok" and body["ready"] and body["live"]
+    assert set(body["parts"]) == {"preprocessor", "model:detector", "model:attributor", "store"}
+    assert body["parts"]["store"]["detail"]["migrated"] is True
+
+
+def test_predict_returns_the_ensemble_of_calibrated_member_probabilities(live: Live) -> None:
+    with live.client() as client:
+        response = client.post("/predict", **_upload(image_bytes((80, 60), seed=1)))
+    body = response.json()
+    assert response.status_code == 200, body
+    members = {m["name"]: m for m in body["models"]}
+    assert set(members) == {"detector", "attributor"}
+    assert body["probability"] == pytest.approx(
+        (members["detector"]["probability"] + members["attributor"]["probability"]) / 2
+    )
+    assert body["threshold"] == pytest.approx(0.5)  # the members' own thresholds, 0.4 and 0.6, averaged
+    assert body["label"] == ("ai" if body["probability"] >= body["threshold"] else "nature")
+    assert body["generator"] in {"imagenet_ai_0419_biggan", "imagenet_glide"}
+    assert 0 <= body["generator_probability"] <= 1
+    assert body["width"] == 80 and body["height"] == 60 and len(body["request_id"]) >= 32
+    assert set(body["model_versions"]) == {"detector", "attributor"}
+
+
+def test_predict_accepts_base64_json_with_the_same_answer_as_multipart(live: Live) -> None:
+    data = image_bytes((64, 64), seed=2)
+    with live.client() as client:
+        multipart = client.post("/predict", **_upload(data)).json()
+        as_json = client.post(
+            "/predict", json={"image": base64.b64encode(data).decode(), "filename": "a.png"}
+        )
+    assert as_json.status_code == 200, as_json.text
+    assert as_json.json()["probability"] == pytest.approx(multipart["probability"], abs=1e-6)
+    assert as_json.json()["sha256"] == multipart["sha256"]
+
+
+def test_predict_fetches_an_allowed_url_and_refuses_a_redirect_to_cloud_metadata(
+    live: Live, image_server: str
+) -> None:
+    with live.client() as client:
+        fetched = client.post("/predict", json={"url": f"{image_server}/img.png"})
+        redirected = client.post("/predict", json={"url": f"{image_server}/to-metadata"})
+        private = client.post("/predict", json={"url": "http://10.0.0.1/x.png"})
+    assert fetched.status_code == 200, fetched.text
+    assert fetched.json()["source"] == "url"
+    assert redirected.status_code == 400 and redirected.json()["error"]["code"] == "url_refused"
+    assert "169.254.169.254" in redirected.json()["error"]["message"]
+    assert private.status_code == 400 and "private" in private.json()["error"]["message"]
+
+
+BAD_UPLOADS = {
+    "not_an_image": (b"hello, I am a text file", 422, "invalid_image"),
+    "truncated_jpeg": (image_bytes((64, 64), "JPEG")[:300], 422, "invalid_image"),
+    "zero_bytes": (b"", 422, "invalid_image"),
+    "decompression_bomb": (png_bomb(), 422, "invalid_image"),
+    "over_the_size_cap": (b"\x89PNG" + b"\0" * (MAX_UPLOAD + 10), 413, "payload_too_large"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_UPLOADS))
+def test_predict_rejects_bad_uploads_with_a_4xx_json_error(live: Live, case: str) -> None:
+    data, status, code = BAD_UPLOADS[case]
+    with live.client() as client:
+        response = client.post("/predict", **_upload(data))
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] == code and error["message"]
+
+
+BAD_REQUESTS = {
+    "wrong_field": (lambda: {"files": {"image": ("x.png", image_bytes(), "image/png")}}, 400, "bad_request"),
+    "wrong_content_type": (lambda: {"content": b"abc", "headers": {"Content-Type": "text/plain"}}, 415, None),
+    "json_with_url_and_image": (lambda: {"json": {"url": "http://a.example/x", "image": "AAAA"}}, 422, None),
+    "json_not_base64": (lambda: {"json": {"image": "not base64 at all!"}}, 400, "bad_request"),
+    "json_malformed": (lambda: {"content": b"{", "headers": {"Content-Type": "application/json"}}, 422, None),
+    "url_not_http": (lambda: {"json": {"url": "file:///etc/passwd"}}, 400, "url_refused"),
+    "url_loopback_name": (lambda: {"json": {"url": "http://metadata.google.internal/"}}, None, None),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_predict_rejects_malformed_requests_with_a_4xx_json_error(live: Live, case: str) -> None:
+    make, status, code = BAD_REQUESTS[case]
+    with live.client() as client:
+        response = client.post("/predict", **make())
+    assert 400 <= response.status_code < 500, response.text
+    if status:
+        assert response.status_code == status, response.text
+    if code:
+        assert response.json()["error"]["code"] == code
+
+
+def test_a_chunked_body_over_the_cap_gets_413(live: Live) -> None:
+    def chunks():  # a well-formed multipart start, then a file that never ends, with no Content-Length
+        yield b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        for _ in range(MAX_UPLOAD // 65536 + 4):
+            yield b"\0" * 65536
+
+    with live.client() as client:
+        response = client.post(
+            "/predict", content=chunks(), headers={"Content-Type": "multipart/form-data; boundary=x"}
+        )
+    assert response.status_code == 413, response.text
+
+
+def test_batch_predict_answers_per_image_and_refuses_empty_or_oversized_batches(live: Live) -> None:
+    good = [("files", (f"{i}.png", image_bytes(seed=10 + i), "image/png")) for i in range(2)]
+    broken = [("files", ("broken.jpg", b"\xff\xd8\xff garbage", "image/jpeg"))]
+    with live.client() as client:
+        mixed = client.post("/batch-predict", files=good + broken)
+        empty = client.post("/batch-predict", data={"other": "x"})
+        too_many = client.post("/batch-predict", files=good * 3)
+    assert mixed.status_code == 200, mixed.text
+    body = mixed.json()
+    assert (body["succeeded"], body["failed"]) == (2, 1)
+    assert body["results"][2]["error"]["code"] == "invalid_image"
+    assert empty.status_code == 422 and empty.json()["error"]["code"] == "invalid_request"
+    assert too_many.status_code == 400 and too_many.json()["error"]["code"] == "batch_too_large"
+
+
+def test_api_key_guards_everything_but_health(live: Live) -> None:
+    with live.client(key=None) as anonymous, live.client(key="wrong") as wrong:
+        assert anonymous.post("/predict", **_upload(image_bytes())).status_code == 401
+        assert anonymous.get("/models").status_code == 401
+        assert anonymous.get("/docs").status_code == 401
+        assert wrong.post("/feedback", json={"request_id": "x", "label": "ai"}).status_code == 401
+        assert anonymous.get("/health").status_code == 200
+    bearer = httpx.get(f"{live.api}/models", headers={"Authorization": f"Bearer {API_KEY}"}, timeout=30)
+    assert bearer.status_code == 200
+
+
+def test_models_and_openapi_describe_what_is_deployed(live: Live) -> None:
+    with live.client() as client:
+        models = client.get("/models").json()
+        schema = client.get("/openapi.json").json()
+    assert {m["name"] for m in models["models"]} == {"detector", "attributor"}
+    attributor = next(m for m in models["models"] if m["name"] == "attributor")
+    assert attributor["classes"][1:] == ["imagenet_ai_0419_biggan", "imagenet_glide"]
+    assert models["threshold"] == pytest.approx(0.5)
+    assert {"/predict", "/batch-predict", "/health", "/models", "/feedback"} <= set(schema["paths"])
+    assert {"multipart/form-data", "application/json"} <= set(
+        schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+    )
+
+
+def test_feedback_is_stored_with_the_prediction_and_unknown_ids_get_404(live: Live) -> None:
+    with live.client() as client:
+        prediction = client.post("/predict", **_upload(image_bytes(seed=30))).json()
+        truth = "nature" if prediction["label"] == "ai" else "ai"
+        answer = client.post("/feedback", json={"request_id": prediction["request_id"], "label": truth})
+        unknown = client.post("/feedback", json={"request_id": "no-such-request", "label": "ai"})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"request_id": prediction["request_id"], "label": truth,
+                             "predicted": prediction["label"], "correct": False}  # fmt: skip
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    engine = create_engine(live.pg_url, poolclass=NullPool)
+    deadline = time.monotonic() + 30
+    row = None
+    while time.monotonic() < deadline and (row is None or row.feedback_label is None):
+        with engine.connect() as connection:
+            row = connection.execute(
+                text("SELECT label, feedback_label FROM predictions WHERE request_id = :r"),
+                {"r": prediction["request_id"]},
+            ).first()
+        time.sleep(0.3)
+    engine.dispose()
+    assert row is not None and row.feedback_label == truth and row.label == prediction["label"]
+
+
+def test_prometheus_metrics_count_predictions_and_stage_latency(live: Live) -> None:
+    with live.client() as client:
+        assert client.post("/predict", **_upload(image_bytes(seed=40))).status_code == 200
+    deadline = time.monotonic() + 60
+    text_ = ""
+    while time.monotonic() < deadline:
+        text_ = httpx.get(live.metrics, timeout=10).text
+        if "ray_genart_predictions_total" in text_ and "ray_genart_stage_latency_ms" in text_:
+            break
+        time.sleep(2)
+    assert 'model="ensemble"' in text_ and "ray_genart_predictions_total" in text_
+    assert 'stage="decode"' in text_ and 'stage="model:detector"' in text_
+
+
+# -- operations ----------------------------------------------------------------------------------------------
+def test_genart_predict_through_the_api_stores_one_row_per_image(live: Live, tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(5):
+        (folder / f"{i}.png").write_bytes(image_bytes(seed=100 + i))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff nope")
+    before = live.settled()
+    args = ["predict", str(folder), "--url", live.api, "--api-key", API_KEY, "--batch-size", "4"]
+    result = CliRunner().invoke(cli, [*args, "--out", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    assert "5 classified, 1 failed" in result.output
+    assert len((tmp_path / "r.csv").read_text().strip().splitlines()) == 7  # header + 6
+    assert live.wait_stored(before + 5) == before + 5
+
+
+def test_serve_status_reports_the_running_application(live: Live) -> None:
+    result = CliRunner().invoke(
+        cli, ["serve", "status", "--url", live.api, "--dashboard-port", str(live.dashboard_port)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "application genart: RUNNING" in result.output and '"status": "ok"' in result.output
+
+
+def test_a_new_user_config_swaps_a_model_without_downtime(live: Live) -> None:
+    stop = threading.Event()
+    codes: list[int] = []
+
+    def traffic() -> None:
+        with live.client() as client:
+            while not stop.is_set():
+                codes.append(client.post("/predict", **_upload(image_bytes(seed=len(codes)))).status_code)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        workers = [pool.submit(traffic) for _ in range(2)]
+        time.sleep(1)
+        detector = next(d for d in live.config["applications"][0]["deployments"] if d["name"] == "detector")
+        detector["user_config"]["artifact"] = str(live.artifacts["detector_v2"])
+        live.redeploy()
+        with live.client() as client:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                versions = {m["name"]: m["version"] for m in client.get("/models").json()["models"]}
+                if versions["detector"] == "7":
+                    break
+                time.sleep(0.5)
+        time.sleep(1)
+        stop.set()
+        for worker in workers:
+            worker.result()
+    assert versions["detector"] == "7"
+    assert codes and set(codes) == {200}, f"{len(codes)} requests, codes {sorted(set(codes))}"
+    with live.client() as client:
+        after = client.post("/predict", **_upload(image_bytes(seed=7))).json()
+    assert after["model_versions"]["detector"] == "7" and after["threshold"] == pytest.approx((0.3 + 0.6) / 2)
+
+
+def _postgres(action: str) -> None:
+    import os
+
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], check=True)
+    if action == "start":
+        deadline = time.monotonic() + 30
+        while subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode != 0:
+            assert time.monotonic() < deadline, "PostgreSQL did not come back"
+            time.sleep(0.3)
+
+
+def test_no_prediction_is_lost_while_the_database_is_down(live: Live) -> None:
+    before = live.settled()
+    served = 0
+    _postgres("stop")
+    try:
+        with live.client() as client:
+            for i in range(12):
+                response = client.post("/predict", **_upload(image_bytes(seed=500 + i)))
+                assert response.status_code == 200, response.text
+                served += 1
+            health = httpx.get(f"{live.api}/health", timeout=30).json()
+        assert health["status"] == "degraded" and not health["parts"]["store"]["ok"]
+        assert health["parts"]["store"]["detail"]["buffered"] >= 1
+    finally:
+        _postgres("start")
+    assert live.wait_stored(before + served, timeout_s=90) == before + served
