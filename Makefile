@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install lint format test test-fast demo data bench-data bench-train clean tune run_api serve-down \
+.PHONY: help install lint format test test-fast demo data bench-data bench-train bench-serve clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -103,6 +103,9 @@ bench-data: $(VENV)/.installed ## Ray Data pipeline vs a PyTorch DataLoader on t
 
 bench-train: $(VENV)/.installed ## Ray Train with 1 and 2 workers vs a plain PyTorch loop, same model and data
 	$(PY) -m genart.bench.train --out reports/bench
+
+bench-serve: $(VENV)/.installed ## Serve over HTTP (concurrency 1, 16) vs the in-process ceiling vs plain FastAPI
+	$(PY) -m genart.bench.serve --out reports/bench
 
 clean: ## remove generated data, reports, runs and caches (keeps .venv)
 	rm -rf data reports runs artifacts mlruns mlflow.db genart.db .coverage .pytest_cache .ruff_cache

@@ -1,0 +1,282 @@
+"""Serving benchmark: the Serve ensemble over HTTP vs the in-process ceiling vs a plain FastAPI app.
+
+All three run the same two models (the demo's lite0 + residual, or the artefacts given) on the same images,
+in one run, on this machine:
+
+- **in-process ceiling**: decode + transform + one batched forward pass per model, no HTTP, no Ray;
+- **Serve**: `genart.serve.app` on a local Ray, over HTTP, at concurrency 1 and 16;
+- **plain FastAPI**: one uvicorn process with the same models and preprocessing, no batching.
+
+Goals (issue 5): Serve >= 0.8x the ceiling at concurrency 16, and >= 2x the plain app.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from genart.bench.common import machine, write_results
+
+__all__ = ["drive", "main", "plain_app"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _images(n: int, size: int, seed: int = 0) -> list[bytes]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        buffer = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
+        out.append(buffer.getvalue())
+    return out
+
+
+def _bench_artifacts(root: Path, size: int) -> list[Path]:
+    """Untrained lite0 + residual at the demo's input policy: speed does not depend on the weights."""
+    from genart.models.artifact import ArtifactMeta, save_artifact
+    from genart.models.zoo import build_model, get_entry
+
+    paths = []
+    for name in ("lite0", "residual"):
+        model, spec = build_model(name, pretrained=False, input_size=size, crop_policy="crop")
+        entry = get_entry(name)
+        meta = ArtifactMeta(name=name, timm_id=entry.timm_id, residual=entry.residual, input=spec.to_dict())
+        paths.append(save_artifact(model, meta, root / name))
+    return paths
+
+
+async def drive(
+    url: str, images: list[bytes], concurrency: int, requests: int, headers: dict | None = None
+) -> tuple[list[float], list[int], float]:
+    """POST ``requests`` images to ``url`` from ``concurrency`` clients: latencies (ms), codes, seconds."""
+    import httpx
+
+    latencies: list[float] = []
+    codes: list[int] = []
+    counter = iter(range(requests))
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(timeout=120, limits=limits, headers=headers or {}) as client:
+
+        async def worker() -> None:
+            for i in counter:
+                start = time.perf_counter()
+                response = await client.post(
+                    url, files={"file": ("x.png", images[i % len(images)], "image/png")}
+                )
+                latencies.append((time.perf_counter() - start) * 1000)
+                codes.append(response.status_code)
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return latencies, codes, elapsed
+
+
+def _summary(latencies: list[float], codes: list[int], elapsed: float) -> dict[str, Any]:
+    ok = sum(c == 200 for c in codes)
+    return {
+        "requests": len(codes),
+        "ok": ok,
+        "req_s": ok / elapsed,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+    }
+
+
+def ceiling(artifacts: list[Path], images: list[bytes], batch: int = 16) -> dict[str, Any]:
+    """Images/s of decode + transform + batched forward passes, in this process: nothing to serve it."""
+    import torch
+
+    from genart.models.artifact import load_artifact
+    from genart.serve.deployments import prepare_image, spec_key
+
+    models = [load_artifact(p) for p in artifacts]
+    specs = {spec_key(m.spec): m.spec.to_dict() for m in models}
+
+    def run(count: int) -> float:
+        start = time.perf_counter()
+        for i in range(0, count, batch):
+            prepared = [
+                prepare_image(images[j % len(images)], specs) for j in range(i, min(i + batch, count))
+            ]
+            for m in models:
+                m.predict_proba(torch.from_numpy(np.stack([p.tensors[spec_key(m.spec)] for p in prepared])))
+        return count / (time.perf_counter() - start)
+
+    run(batch)  # warm-up
+    return {"img_s": run(len(images) * 2), "batch": batch, "torch_threads": torch.get_num_threads()}
+
+
+def plain_app(artifacts: list[str]):
+    """A single-process FastAPI app with the same models and preprocessing and no batching."""
+    import torch
+    from fastapi import FastAPI, File, UploadFile
+
+    from genart.models.artifact import load_artifact
+    from genart.serve.deployments import prepare_image, spec_key
+
+    models = [load_artifact(p) for p in artifacts]
+    specs = {spec_key(m.spec): m.spec.to_dict() for m in models}
+    app = FastAPI()
+
+    @app.post("/predict")
+    def predict(file: UploadFile = File(...)) -> dict[str, Any]:
+        prepared = prepare_image(file.file.read(), specs)
+        probs = [
+            float(m.predict_proba(torch.from_numpy(prepared.tensors[spec_key(m.spec)][None]))[0])
+            for m in models
+        ]
+        return {"probability": float(np.mean(probs))}
+
+    return app
+
+
+def _wait_http(url: str, timeout_s: float = 120) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=5).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} never answered")
+
+
+def _measure(url: str, images: list[bytes], requests: dict[int, int]) -> dict[int, dict[str, Any]]:
+    asyncio.run(drive(url, images, 4, 8))  # warm-up
+    return {c: _summary(*asyncio.run(drive(url, images, c, n))) for c, n in requests.items()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--artifacts", nargs="*", help="artefacts to serve (default: untrained lite0 + residual)"
+    )
+    parser.add_argument("--size", type=int, default=96, help="input size of the default artefacts")
+    parser.add_argument("--image-size", type=int, default=160, help="side of the PNGs sent")
+    parser.add_argument(
+        "--requests", type=int, default=160, help="requests per measurement at concurrency 16"
+    )
+    parser.add_argument("--out", type=Path, default=Path("reports/bench"))
+    args = parser.parse_args(argv)
+    import ray
+    from ray import serve
+
+    from genart.config import ServeConfig, ServeModel
+    from genart.serve.app import compose
+
+    images = _images(32, args.image_size)
+    requests = {1: max(args.requests // 4, 16), 16: args.requests}
+    with tempfile.TemporaryDirectory() as tmp:
+        artifacts = (
+            [Path(a) for a in args.artifacts] if args.artifacts else _bench_artifacts(Path(tmp), args.size)
+        )
+        print("in-process ceiling ...", flush=True)
+        inproc = ceiling(artifacts, images)
+
+        print("plain FastAPI ...", flush=True)
+        port = _free_port()
+        code = (
+            "import sys, uvicorn; from genart.bench.serve import plain_app; "
+            f"uvicorn.run(plain_app(sys.argv[1:]), host='127.0.0.1', port={port}, log_level='warning')"
+        )
+        proc = subprocess.Popen([sys.executable, "-c", code, *map(str, artifacts)])
+        try:
+            _wait_http(f"http://127.0.0.1:{port}/docs")
+            plain = _measure(f"http://127.0.0.1:{port}/predict", images, requests)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+        print("Ray Serve ...", flush=True)
+        http_port = _free_port()
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+        try:
+            serve.start(http_options={"host": "127.0.0.1", "port": http_port})
+            config = ServeConfig(
+                models=[ServeModel(name=f"m{i}", artifact=str(a)) for i, a in enumerate(artifacts)]
+            )
+            env = {"DATABASE_URL": f"sqlite:///{tmp}/bench.db", "GENART_API_KEY": ""}
+            serve.run(
+                compose(
+                    config,
+                    ingress_options={
+                        "ray_actor_options": {"num_cpus": 0.25, "runtime_env": {"env_vars": env}}
+                    },
+                ),
+                name="genart",
+                route_prefix="/",
+            )
+            _wait_http(f"http://127.0.0.1:{http_port}/health")
+            served = _measure(f"http://127.0.0.1:{http_port}/predict", images, requests)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+    results = {
+        "benchmark": "serve",
+        "machine": machine(),
+        "models": [str(a) for a in artifacts]
+        if args.artifacts
+        else ["lite0 (untrained)", "residual (untrained)"],
+        "image_size": args.image_size,
+        "in_process_ceiling_img_s": inproc,
+        "serve": served,
+        "plain_fastapi": plain,
+        "ratio_serve16_over_ceiling": served[16]["req_s"] / inproc["img_s"],
+        "ratio_serve16_over_plain16": served[16]["req_s"] / plain[16]["req_s"],
+    }
+    rows = [f"| in-process batched forward (ceiling) | - | {inproc['img_s']:.1f} | - | - |"]
+    for name, table in (("Ray Serve ensemble over HTTP", served), ("plain FastAPI, no batching", plain)):
+        for c, r in table.items():
+            rows.append(f"| {name} | {c} | {r['req_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")
+    md = "\n".join(
+        [
+            "## Serving: Ray Serve vs the in-process ceiling vs plain FastAPI",
+            "",
+            f"Two models ({', '.join(results['models'])}), {args.image_size} px PNG uploads; "
+            f"{results['machine']['cpus']} CPUs. Same preprocessing code in all three.",
+            "",
+            "| server | concurrency | req/s | p50 ms | p99 ms |",
+            "|---|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"Serve at concurrency 16 / in-process ceiling: **{results['ratio_serve16_over_ceiling']:.2f}** "
+            "(goal 0.8)",
+            f"Serve at concurrency 16 / plain FastAPI at 16: **{results['ratio_serve16_over_plain16']:.2f}** "
+            "(goal 2.0)",
+            "",
+        ]
+    )
+    write_results(args.out, "serve", results, md)
+    print(md)
+    return results
+
+
+if __name__ == "__main__":
+    main()

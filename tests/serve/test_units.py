@@ -1,0 +1,119 @@
+"""The serving logic that needs no Ray: the ensemble verdict, preprocessing, limits, logs, the client."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from genart.config import ServeConfig
+from genart.data.transforms import InputSpec
+from genart.evaluate.ensemble import combine
+from genart.serve.api import LimitsMiddleware, default_threshold, ensemble_verdict
+from genart.serve.client import GenartClient, expand_inputs, write_csv
+from genart.serve.deployments import prepare_image, spec_key
+from genart.serve.logs import JsonFormatter, configure_logging
+from tests.conftest import image_bytes, png_bomb
+
+
+@pytest.mark.parametrize("rule", ["mean", "weighted", "vote"])
+def test_the_ingress_combines_members_with_the_evaluation_rule(rule: str) -> None:
+    probs, thresholds, weights = [0.9, 0.2, 0.7], [0.5, 0.3, 0.8], [2.0, 1.0, 1.0]
+    p, _ = ensemble_verdict(probs, thresholds, weights, rule, None)
+    expected = combine(np.array(probs)[:, None], rule, weights=weights, member_thresholds=thresholds)[0]
+    assert p == pytest.approx(expected)
+
+
+def test_default_threshold_averages_member_thresholds_like_their_probabilities() -> None:
+    assert default_threshold("mean", [0.4, 0.6], [3.0, 1.0]) == pytest.approx(0.5)
+    assert default_threshold("weighted", [0.4, 0.6], [3.0, 1.0]) == pytest.approx(0.45)
+    assert default_threshold("vote", [0.1, 0.9], [1.0, 1.0]) == 0.5
+    assert ensemble_verdict([0.9], [0.7], [1.0], "mean", 0.95) == pytest.approx((0.9, 0.95))
+
+
+def test_prepare_image_decodes_once_and_makes_each_spec_tensor() -> None:
+    small = InputSpec(input_size=32, crop_policy="crop").to_dict()
+    large = InputSpec(input_size=48, crop_policy="resize").to_dict()
+    prepared = prepare_image(image_bytes((64, 40)), {"a": small, "b": large})
+    assert prepared.error is None and (prepared.width, prepared.height) == (64, 40)
+    assert prepared.tensors["a"].shape == (3, 32, 32) and prepared.tensors["b"].shape == (3, 48, 48)
+    assert spec_key(small) == spec_key(InputSpec(input_size=32, crop_policy="crop")) != spec_key(large)
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [(b"", "empty"), (b"not an image", "not a recognised"), (png_bomb(), "pixels"),
+     (image_bytes(fmt="JPEG")[:200], "truncated")],
+)  # fmt: skip
+def test_prepare_image_reports_bad_bytes_without_raising(data: bytes, reason: str) -> None:
+    prepared = prepare_image(data, {"a": InputSpec(input_size=32).to_dict()}, max_pixels=10_000_000)
+    assert prepared.error and reason in prepared.error.lower() and not prepared.tensors
+
+
+def test_serve_config_refuses_duplicate_model_names() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        ServeConfig.model_validate({"models": [{"name": "a"}, {"name": "a"}]})
+
+
+def _guarded_app(limits: dict) -> TestClient:
+    app = FastAPI()
+    app.add_middleware(LimitsMiddleware)
+    app.state.limits = limits
+
+    @app.post("/echo")
+    async def echo(body: dict) -> dict:
+        return body
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"ok": True}
+
+    return TestClient(app)
+
+
+def test_limits_middleware_caps_the_body_and_checks_the_api_key() -> None:
+    client = _guarded_app({"max_upload_bytes": 100, "api_key": "k"})
+    assert client.get("/health").status_code == 200
+    assert client.post("/echo", json={"a": 1}).json()["error"]["code"] == "unauthorized"
+    assert client.post("/echo", json={"a": 1}, headers={"X-API-Key": "k"}).json() == {"a": 1}
+    big = client.post("/echo", json={"a": "x" * 200}, headers={"X-API-Key": "k"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
+
+
+def test_json_logs_carry_extra_fields_and_rotate_into_the_log_dir(tmp_path: Path) -> None:
+    configure_logging(tmp_path)
+    logging.getLogger("genart.serve.test").info("hello", extra={"request_id": "r1"})
+    files = list(tmp_path.glob("genart-serve-*.jsonl"))
+    assert len(files) == 1
+    entry = json.loads(files[0].read_text().strip().splitlines()[-1])
+    assert entry["message"] == "hello" and entry["request_id"] == "r1" and entry["level"] == "INFO"
+    record = logging.LogRecord("x", logging.ERROR, "f", 1, "boom %s", ("!",), None)
+    assert json.loads(JsonFormatter().format(record))["message"] == "boom !"
+    configure_logging(None)
+
+
+def test_client_expands_folders_and_reports_an_unreachable_api(tmp_path: Path) -> None:
+    (tmp_path / "a.png").write_bytes(image_bytes())
+    (tmp_path / "notes.txt").write_text("skip me")
+    inputs = list(expand_inputs([str(tmp_path), "https://example.com/x.jpg"]))
+    assert inputs == [str(tmp_path / "a.png"), "https://example.com/x.jpg"]
+    with GenartClient("http://127.0.0.1:9", timeout_s=2) as client:
+        rows = list(client.predict_many(inputs))
+    assert [r["error"] is not None for r in rows] == [True, True]
+    assert write_csv(rows, tmp_path / "out.csv").read_text().startswith("input,")
+
+
+def test_client_turns_api_errors_into_rows() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(422, json={"error": {"code": "invalid_image", "message": "not an image"}})
+
+    client = GenartClient("http://api")
+    client.http = httpx.Client(base_url="http://api", transport=httpx.MockTransport(handler))
+    row = next(client.predict_many(["https://example.com/a.jpg"]))
+    assert row["error"] == "not an image" and row["label"] is None
