@@ -42,6 +42,9 @@ format: $(VENV)/.installed ## apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The db tests need a PostgreSQL; this machine's local one unless DATABASE_URL says otherwise. Only for tests:
+# the demo and the app use SQLite by default.
+test: export DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 test: $(VENV)/.installed lint ## lint, then the whole suite with coverage (fails under 80%)
 	$(VENV)/bin/pytest --cov=genart --cov-report=term --cov-fail-under=80 -p no:cacheprovider
 
@@ -55,7 +58,8 @@ data: $(VENV)/.installed ## sample data -> index -> split -> data report
 	$(GENART) data report $(MANIFEST) --out reports/data
 
 demo: data ## the main job on embedded defaults: data, two CPU models, their ensemble, served and queried over HTTP
-	rm -rf runs/demo-lite0 runs/demo-residual   # a re-run starts over instead of refusing a used run name
+	@# a previous demo's Ray head would be joined by training and starve it of CPUs: stop it first
+	@$(GENART) serve down > /dev/null 2>&1 || true
 	$(GENART) train --config jobs/configs/demo-cpu.yaml --data $(MANIFEST) --name demo-lite0
 	$(GENART) train --config jobs/configs/demo-residual.yaml --data $(MANIFEST) --name demo-residual
 	$(GENART) evaluate artifacts/demo-lite0 --data $(MANIFEST) --out reports/eval/demo-lite0

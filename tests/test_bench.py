@@ -26,3 +26,17 @@ def test_data_benchmark_measures_both_pipelines_side_by_side(tmp_path: Path, ray
     assert results["steady_ratio_ray_over_torch"] > 0
     assert json.loads((tmp_path / "data.json").read_text())["images"] == results["images"] > 0
     assert "ratio Ray / DataLoader" in (tmp_path / "data.md").read_text()
+
+
+def test_serve_benchmark_ceiling_and_plain_app_run_the_same_models(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from genart.bench import serve as bench_serve
+
+    artifacts = bench_serve._bench_artifacts(tmp_path, size=32)
+    images = bench_serve._images(4, 48)
+    ceiling = bench_serve.ceiling(artifacts, images, batch=2)
+    assert ceiling["img_s"] > 0 and ceiling["batch"] == 2
+    client = TestClient(bench_serve.plain_app([str(a) for a in artifacts]))
+    answer = client.post("/predict", files={"file": ("x.png", images[0], "image/png")})
+    assert answer.status_code == 200 and 0 <= answer.json()["probability"] <= 1

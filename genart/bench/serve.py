@@ -10,8 +10,6 @@ in one run, on this machine:
 Goals (issue 5): Serve >= 0.8x the ceiling at concurrency 16, and >= 2x the plain app.
 """
 
-from __future__ import annotations
-
 import argparse
 import asyncio
 import io
