@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install lint format test test-fast demo data bench-data bench-train bench-serve clean tune run_api serve-down \
+.PHONY: help install lint format test test-fast demo data bench-data bench-train bench-serve test-deploy image stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -37,6 +37,7 @@ install: $(VENV)/.installed ## create .venv and install genart with its dev tool
 lint: $(VENV)/.installed ## ruff format check and lint
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/hadolint docker/Dockerfile
 
 format: $(VENV)/.installed ## apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff format .
@@ -110,6 +111,16 @@ bench-train: $(VENV)/.installed ## Ray Train with 1 and 2 workers vs a plain PyT
 
 bench-serve: $(VENV)/.installed ## Serve over HTTP (concurrency 1, 16) vs the in-process ceiling vs plain FastAPI
 	$(PY) -m genart.bench.serve --out reports/bench
+
+test-deploy: $(VENV)/.installed ## static checks of docker/, cluster.yaml and docker/k8s (no Docker, no network)
+	$(VENV)/bin/pytest -q tests/deploy -p no:cacheprovider
+
+image: ## build the CPU image (GPU: make image TAG=gpu BASE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu22.04)
+	docker build -f docker/Dockerfile -t genart:$(or $(TAG),cpu) \
+		--build-arg BASE_IMAGE=$(or $(BASE),python:3.11-slim-bookworm) .
+
+stack-up: ## the whole stack on one machine with Docker Compose (docker/.env from docker/.env.sample)
+	cd docker && docker compose up -d --build
 
 clean: ## remove generated data, reports, runs and caches (keeps .venv)
 	rm -rf data reports runs artifacts mlruns mlflow.db genart.db .coverage .pytest_cache .ruff_cache
