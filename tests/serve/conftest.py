@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -15,9 +16,9 @@ from sqlalchemy.pool import NullPool
 from genart.serve.store import PredictionStore, mask_url, normalise_url
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh, empty database ``genart_test_<random>`` on the server at ``DATABASE_URL``, dropped afterwards.
+@contextmanager
+def fresh_database(prefix: str) -> Iterator[str]:
+    """A fresh, empty database ``<prefix>_<random>`` on the server at ``DATABASE_URL``, dropped afterwards.
 
     Fails rather than skips when there is no server: a green run must mean the PostgreSQL tests ran.
     """
@@ -29,7 +30,7 @@ def pg_url() -> Iterator[str]:
             pytrace=False,
         )
     server = make_url(normalise_url(base))
-    name = f"genart_test_{secrets.token_hex(4)}"
+    name = f"{prefix}_{secrets.token_hex(4)}"
     admin = create_engine(
         server, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 3}
     )
@@ -39,8 +40,8 @@ def pg_url() -> Iterator[str]:
     except DBAPIError as exc:
         admin.dispose()
         pytest.fail(
-            f"cannot create a test database on {mask_url(base)}: {str(exc.orig).splitlines()[0]} "
-            "- is PostgreSQL running (pg_isready -h 127.0.0.1)?",
+            f"cannot create a test database on {mask_url(base)}: {exc.orig}. "
+            "Is PostgreSQL running (pg_isready -h 127.0.0.1)?",
             pytrace=False,
         )
     try:
@@ -53,6 +54,20 @@ def pg_url() -> Iterator[str]:
             )
             connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A database for the store tests, which start each test from an empty schema."""
+    with fresh_database("genart_test") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def pg_app_url() -> Iterator[str]:
+    """A database of its own for a module's Serve app, so that its rows never meet the store tests'."""
+    with fresh_database("genart_app") as url:
+        yield url
 
 
 @pytest.fixture

@@ -107,7 +107,7 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(ray_cluster: dict[str, int], pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def live(ray_cluster: dict[str, int], pg_app_url: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("serve")
     artifacts = {
         "detector": _artifact(root, "detector", "tiny", 0, threshold=0.4),
@@ -129,7 +129,7 @@ def live(ray_cluster: dict[str, int], pg_url: str, tmp_path_factory: pytest.Temp
                 "import_path": "genart.serve.app:build_app",
                 "runtime_env": {
                     "env_vars": {
-                        "DATABASE_URL": pg_url,
+                        "DATABASE_URL": pg_app_url,
                         "GENART_API_KEY": API_KEY,
                         "GENART_LOG_DIR": str(root / "logs"),
                     }
@@ -165,7 +165,7 @@ def live(ray_cluster: dict[str, int], pg_url: str, tmp_path_factory: pytest.Temp
         config=config,
         dashboard_port=ray_cluster["dashboard_port"],
         metrics=f"http://127.0.0.1:{ray_cluster['metrics_port']}/metrics",
-        pg_url=pg_url,
+        pg_url=pg_app_url,
         artifacts=artifacts,
     )
     live.redeploy()
