@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install lint format test test-fast demo data bench-data bench-train bench-serve test-deploy image stack-up clean tune run_api serve-down \
+.PHONY: help install lint format test test-fast demo data bench-data bench-train bench-serve ui test-browser test-deploy image stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -111,6 +111,14 @@ bench-train: $(VENV)/.installed ## Ray Train with 1 and 2 workers vs a plain PyT
 
 bench-serve: $(VENV)/.installed ## Serve over HTTP (concurrency 1, 16) vs the in-process ceiling vs plain FastAPI
 	$(PY) -m genart.bench.serve --out reports/bench
+
+UI_PORT ?= 8501
+
+ui: $(VENV)/.installed ## the web demo on http://127.0.0.1:8501, a client of the API (make run_api first)
+	$(GENART) ui --port $(UI_PORT)
+
+test-browser: $(VENV)/.installed ## the API and the page in headless Chromium; screenshots in reports/ui
+	$(VENV)/bin/pytest -q -m browser -p no:cacheprovider
 
 test-deploy: $(VENV)/.installed ## static checks of docker/, cluster.yaml and docker/k8s (no Docker, no network)
 	$(VENV)/bin/pytest -q tests/deploy -p no:cacheprovider

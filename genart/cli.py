@@ -576,6 +576,31 @@ def predict_cmd(
         raise typer.Exit(code=1)
 
 
+@app.command("ui")
+def ui_cmd(
+    api: ApiOption = "http://127.0.0.1:8000",
+    api_key: ApiKeyOption = None,
+    port: Annotated[int, typer.Option(help="the port the page is served on")] = 8501,
+    host: Annotated[
+        str, typer.Option(help="the address to listen on; 0.0.0.0 for every interface")
+    ] = "127.0.0.1",
+) -> None:
+    """The web demo: a Streamlit page on the HTTP API (`genart serve up` first). Needs the `ui` extra."""
+    from importlib.util import find_spec
+
+    if find_spec("streamlit") is None:
+        _fail("the web demo needs Streamlit: pip install -e '.[ui]'")
+    from genart.ui import streamlit_command
+
+    env = {**os.environ, "GENART_API_URL": api}
+    if api_key:
+        env["GENART_API_KEY"] = api_key
+    typer.echo(f"genart ui: http://{host}:{port}, a client of the API at {api}; stop with Ctrl-C")
+    command = streamlit_command(port, host)
+    sys.stdout.flush()
+    os.execve(command[0], command, env)  # Streamlit takes this process over: signals reach it directly
+
+
 @db_app.command("upgrade")
 def db_upgrade(
     url: Annotated[str | None, typer.Option(help="database URL (default: DATABASE_URL, else sqlite)")] = None,

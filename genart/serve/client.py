@@ -4,15 +4,16 @@ one result row per image out. It never loads a model."""
 from __future__ import annotations
 
 import csv
+import io
 import mimetypes
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-__all__ = ["IMAGE_SUFFIXES", "GenartClient", "expand_inputs", "write_csv"]
+__all__ = ["IMAGE_SUFFIXES", "GenartClient", "csv_text", "expand_inputs", "result_row", "write_csv"]
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -59,6 +60,14 @@ class GenartClient:
 
     def predict_url(self, url: str) -> dict[str, Any]:
         return self._json(self.http.post("/predict", json={"url": url}))
+
+    def predict_batch_bytes(self, files: Sequence[tuple[str, bytes]]) -> dict[str, Any]:
+        """``/batch-predict`` of in-memory ``(filename, data)`` pairs: the API's answer or its error."""
+        parts = [
+            ("files", (name, data, mimetypes.guess_type(name)[0] or "application/octet-stream"))
+            for name, data in files
+        ]
+        return self._json(self.http.post("/batch-predict", files=parts))
 
     def feedback(self, request_id: str, label: str) -> dict[str, Any]:
         return self._json(self.http.post("/feedback", json={"request_id": request_id, "label": label}))
@@ -140,13 +149,24 @@ def _row(source: str, answer: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def result_row(source: str, answer: dict[str, Any]) -> dict[str, Any]:
+    """One flat result row (the CSV's) from a ``/predict`` answer or an ``{"error": ...}`` body."""
+    return _row(source, answer)
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """The rows as CSV, with the union of their columns in first-seen order."""
     fields: list[str] = []
     for row in rows:
         fields += [k for k in row if k not in fields]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
+    buffer = io.StringIO(newline="")
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(csv_text(rows), newline="")
     return path
