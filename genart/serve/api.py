@@ -505,8 +505,10 @@ class EnsembleIngress:
         if content_type == "application/json":
             try:
                 body = PredictJSON.model_validate(json.loads(await request.body()))
-            except (ValueError, ValidationError) as exc:
-                raise APIError(f"invalid JSON body: {exc}", status=422, code="invalid_request") from exc
+            except (ValueError, ValidationError, RecursionError) as exc:  # RecursionError: deep nesting
+                raise APIError(
+                    f"invalid JSON body: {str(exc)[:500]}", status=422, code="invalid_request"
+                ) from exc
             if body.url is not None:
                 data = await self._fetch(body.url)
                 return await self._classify(data, "url", filename=_clean_name(body.filename), url=body.url)
