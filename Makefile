@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install lint format test test-fast demo data bench-data bench-train bench-serve ui test-browser test-deploy image stack-up clean tune run_api serve-down \
+.PHONY: help install lint format test test-fast demo data bench-data bench-train bench-serve load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -119,6 +119,19 @@ ui: $(VENV)/.installed ## the web demo on http://127.0.0.1:8501, a client of the
 
 test-browser: $(VENV)/.installed ## the API and the page in headless Chromium; screenshots in reports/ui
 	$(VENV)/bin/pytest -q -m browser -p no:cacheprovider
+
+load: $(VENV)/.installed ## load test: steady, ramp to saturation, 10-min soak (SHORT=1: about 2 min, no soak)
+	$(PY) -m genart.bench.load $(if $(SHORT),--short) --out reports
+
+chaos: $(VENV)/.installed ## faults under traffic; stops the local PostgreSQL for 30 s (SHORT=1: 20 s)
+	$(PY) -m genart.bench.chaos $(if $(SHORT),--short) --out reports
+
+fuzz: $(VENV)/.installed ## schemathesis over the live API's OpenAPI schema (loopback only; make run_api first)
+	$(PY) -m genart.bench.fuzz --api $${GENART_API:-http://127.0.0.1:8000} --api-key "$$GENART_API_KEY" \
+		--examples 200 --out reports/fuzz.md
+
+reliability: $(VENV)/.installed ## one table, reports/reliability.md, from the load, chaos, fuzz and bench reports
+	$(PY) -m genart.bench.report --reports reports
 
 test-deploy: $(VENV)/.installed ## static checks of docker/, cluster.yaml and docker/k8s (no Docker, no network)
 	$(VENV)/bin/pytest -q tests/deploy -p no:cacheprovider
