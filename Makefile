@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install lint format test test-fast demo data bench-data bench-train bench-serve load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
+.PHONY: help install lint format test test-fast demo data bench bench-data bench-train bench-serve load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -102,6 +102,9 @@ train-job: ## submit the demo training as a Ray job (after `make ray-up`, `make 
 		--runtime-env-json '{"env_vars": {"MLFLOW_TRACKING_URI": "sqlite:///$(abspath mlflow.db)", "RAY_AUTH_MODE": "disabled"}}' \
 		-- python jobs/train.py --config jobs/configs/demo-cpu.yaml --data $(abspath $(MANIFEST)) \
 		--out $(abspath artifacts) --set train.storage_path=$(abspath runs) $(ARGS)
+
+bench: bench-data bench-train bench-serve ## every benchmark (data, train, serve) into reports/bench, then reliability.md
+	$(PY) -m genart.bench.report --reports reports
 
 bench-data: $(VENV)/.installed ## Ray Data pipeline vs a PyTorch DataLoader on the same files and transform
 	$(PY) -m genart.bench.data --out reports/bench
