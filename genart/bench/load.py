@@ -299,8 +299,12 @@ def fresh_database(base_url: str, prefix: str) -> Iterator[str]:
     admin = create_engine(
         server, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 3}
     )
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception:
+        admin.dispose()
+        raise
     try:
         yield server.set(database=name).render_as_string(hide_password=False)
     finally:

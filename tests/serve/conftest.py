@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
@@ -13,12 +12,14 @@ from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 
-from genart.serve.store import PredictionStore, mask_url, normalise_url
+from genart.bench.load import fresh_database as database_on_server
+from genart.serve.store import PredictionStore, mask_url
 
 
 @contextmanager
 def fresh_database(prefix: str) -> Iterator[str]:
-    """A fresh, empty database ``<prefix>_<random>`` on the server at ``DATABASE_URL``, dropped afterwards.
+    """A fresh, empty database ``<prefix>_<random>`` on the server at ``DATABASE_URL``, dropped afterwards
+    (:func:`genart.bench.load.fresh_database`, which the load test uses too).
 
     Fails rather than skips when there is no server: a green run must mean the PostgreSQL tests ran.
     """
@@ -29,31 +30,16 @@ def fresh_database(prefix: str) -> Iterator[str]:
             "postgresql+psycopg://postgres@127.0.0.1:5432/test; or deselect them with -m 'not db'",
             pytrace=False,
         )
-    server = make_url(normalise_url(base))
-    name = f"{prefix}_{secrets.token_hex(4)}"
-    admin = create_engine(
-        server, isolation_level="AUTOCOMMIT", poolclass=NullPool, connect_args={"connect_timeout": 3}
-    )
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f'CREATE DATABASE "{name}"'))
-    except DBAPIError as exc:
-        admin.dispose()
-        pytest.fail(
-            f"cannot create a test database on {mask_url(base)}: {exc.orig}. "
-            "Is PostgreSQL running (pg_isready -h 127.0.0.1)?",
-            pytrace=False,
-        )
-    try:
-        yield server.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as connection:
-            connection.execute(
-                text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :name"),
-                {"name": name},
+    with ExitStack() as stack:
+        try:
+            url = stack.enter_context(database_on_server(base, prefix))
+        except DBAPIError as exc:
+            pytest.fail(
+                f"cannot create a test database on {mask_url(base)}: {exc.orig}. "
+                "Is PostgreSQL running (pg_isready -h 127.0.0.1)?",
+                pytrace=False,
             )
-            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        admin.dispose()
+        yield url
 
 
 @pytest.fixture(scope="session")
