@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install lint format test test-fast demo data bench bench-data bench-train bench-serve load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
+.PHONY: help install lint format test test-fast demo data bench bench-data bench-train bench-serve real real-data real-train real-eval real-serve load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -112,8 +112,50 @@ bench-data: $(VENV)/.installed ## Ray Data pipeline vs a PyTorch DataLoader on t
 bench-train: $(VENV)/.installed ## Ray Train with 1 and 2 workers vs a plain PyTorch loop, same model and data
 	$(PY) -m genart.bench.train --out reports/bench
 
-bench-serve: $(VENV)/.installed ## Serve over HTTP (concurrency 1, 16) vs the in-process ceiling vs plain FastAPI
-	$(PY) -m genart.bench.serve --out reports/bench
+bench-serve: $(VENV)/.installed ## Serve over HTTP (concurrency 1, 4, 16) vs the ceiling vs plain FastAPI; CPU per process, py-spy
+	$(PY) -m genart.bench.serve --out reports/bench --profile
+
+# Issue 9: a detector for real images. real-train (DiffusionDB SD 1.x vs COCO/ImageNet photos) split 70/15/15;
+# real-sample (other generators and photos) is the out-of-source check. About 50 minutes on 2 CPU cores.
+REAL_TRAIN  ?= ../shared/data/real-train
+REAL_SAMPLE ?= ../shared/data/real-sample
+REAL        := data/real
+REAL_EVAL   := reports/real/eval
+
+real: real-data real-train real-eval ## issue 9: train lite0 + residual + ensemble on real-train, evaluate on real-sample, model card
+
+real-data: $(VENV)/.installed ## index and split real-train (70/15/15), index real-sample, data report
+	@test -d $(REAL_TRAIN) || { echo "no $(REAL_TRAIN): set REAL_TRAIN=/path/to/real-train"; exit 2; }
+	$(GENART) data index $(REAL_TRAIN) --out $(REAL)/train.parquet
+	$(GENART) data split $(REAL)/train.parquet --out $(REAL)/train.split.parquet
+	$(GENART) data index $(REAL_SAMPLE) --out $(REAL)/sample.parquet
+	$(GENART) data report $(REAL)/train.split.parquet --out reports/real/data
+
+real-train: $(VENV)/.installed ## the two members, trained on data/real/train.split.parquet, and their ensemble
+	@$(GENART) serve down > /dev/null 2>&1 || true
+	$(GENART) train --config jobs/configs/real-lite0.yaml --data $(REAL)/train.split.parquet --name real-lite0
+	$(GENART) train --config jobs/configs/real-residual.yaml --data $(REAL)/train.split.parquet --name real-residual
+	$(GENART) ensemble --members artifacts/real-lite0 artifacts/real-residual --data $(REAL)/train.split.parquet \
+		--out artifacts/real-ensemble
+
+real-eval: $(VENV)/.installed ## every model and both shortcut baselines on the test split and real-sample; the card
+	for m in real-lite0 real-residual real-ensemble; do \
+		$(GENART) evaluate artifacts/$$m --data $(REAL)/train.split.parquet --out $(REAL_EVAL)/$$m-test || exit 1; \
+		$(GENART) evaluate artifacts/$$m --data $(REAL)/sample.parquet --out $(REAL_EVAL)/$$m-sample || exit 1; \
+	done
+	for b in metadata content; do \
+		$(GENART) baseline $$b --data $(REAL)/train.split.parquet --evaluate-on sample=$(REAL)/sample.parquet \
+			--out $(REAL_EVAL) || exit 1; \
+	done
+	$(GENART) card $(REAL_EVAL)/*-test $(REAL_EVAL)/*-sample --primary real-ensemble --out reports/real/card.md
+
+real-serve: $(VENV)/.installed ## serve the real-image ensemble (serve_config.yaml with only its model paths changed); API vs evaluate verdicts on real-sample
+	@mkdir -p reports/real
+	sed 's#artifacts/demo-#artifacts/real-#g' serve_config.yaml > reports/real/serve_config.yaml
+	diff serve_config.yaml reports/real/serve_config.yaml || true
+	PATH=$(abspath $(VENV))/bin:$$PATH $(GENART) serve up --config reports/real/serve_config.yaml --port $(RAY_PORT)
+	$(GENART) predict $(REAL_SAMPLE) --out reports/real/api-predictions.csv \
+		--compare-with $(REAL_EVAL)/real-ensemble-sample
 
 UI_PORT ?= 8501
 

@@ -285,7 +285,8 @@ def _eval_table(evaluation) -> str:
 @app.command("evaluate")
 def evaluate_cmd(
     artifact: Annotated[
-        str | None, typer.Argument(help="artefact directory or models:/genart-<name>/<version>")
+        str | None,
+        typer.Argument(help="artefact directory, models:/genart-<name>/<version>, or an ensemble directory"),
     ] = None,
     data: Annotated[Path, typer.Option(help="manifest (indexed, or split)")] = Path("manifest.split.parquet"),
     protocol: Annotated[
@@ -320,11 +321,13 @@ def evaluate_cmd(
     if artifact is None:
         _fail("give an ARTIFACT to evaluate (a directory or models:/genart-<name>/<version>)")
     from genart.data.pipeline import select_rows
-    from genart.evaluate.evaluation import ROBUSTNESS, calibrate, evaluate, write_evaluation
-    from genart.models.artifact import load_artifact
+    from genart.evaluate.ensemble import LoadedEnsemble, load_model_or_ensemble
+    from genart.evaluate.evaluation import ROBUSTNESS, Calibration, calibrate, evaluate, write_evaluation
 
     try:
-        loaded = load_artifact(artifact)
+        loaded = load_model_or_ensemble(artifact)
+        if calibrate_on and isinstance(loaded, LoadedEnsemble):
+            _fail("an ensemble's threshold is chosen on validation by `genart ensemble`; drop --calibrate-on")
         if split is None:
             from genart.data.index import read_manifest
 
@@ -340,6 +343,16 @@ def evaluate_cmd(
         if calibrate_on:
             calibration = calibrate(loaded, select_rows(data, calibrate_on, classes=classes), workers=workers)
             loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold
+        elif not isinstance(loaded, LoadedEnsemble) and {"ece_before", "ece_after"} <= set(
+            loaded.meta.metrics
+        ):
+            # the calibration recorded in the artefact when training chose its temperature and threshold
+            calibration = Calibration(
+                temperature=loaded.meta.temperature,
+                threshold=loaded.meta.threshold,
+                ece_before=float(loaded.meta.metrics["ece_before"]),
+                ece_after=float(loaded.meta.metrics["ece_after"]),
+            )
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     result = evaluate(
@@ -449,6 +462,87 @@ def compare_cmd(
     typer.echo(f"report: {report.markdown}")
 
 
+@app.command("baseline")
+def baseline_cmd(
+    kind: Annotated[
+        str,
+        typer.Argument(
+            help="metadata (format, size, bytes, JPEG quality) or content (frozen lite0 ImageNet features)"
+        ),
+    ],
+    data: Annotated[
+        Path, typer.Option(help="split manifest: fitted on train, threshold on val, scored on test")
+    ],
+    evaluate_on: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--evaluate-on", help="also score this manifest (all rows), as LABEL=MANIFEST; repeatable"
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="reports go to OUT/baseline-<kind>-<label>")] = Path(
+        "reports/baselines"
+    ),
+) -> None:
+    """A shortcut baseline, through the same evaluation as a model: what metadata or content alone predicts.
+
+    A detector should beat both clearly, above all on data from other sources.
+    """
+    from genart.evaluate.baselines import BASELINES, run_baseline
+
+    if kind not in BASELINES:
+        _fail(f"unknown baseline {kind!r}: use one of {', '.join(BASELINES)}")
+    sets: dict[str, str] = {}
+    for item in evaluate_on or []:
+        label, sep, manifest = item.partition("=")
+        if not sep or not label or not manifest:
+            _fail(f"--evaluate-on {item!r}: expected LABEL=MANIFEST, e.g. sample=data/real/sample.parquet")
+        sets[label] = manifest
+    try:
+        results = run_baseline(kind, data, sets, out, progress=True)  # type: ignore[arg-type]
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    for label, result in results.items():
+        o = result.overall
+        typer.echo(
+            f"baseline-{kind} on {label}: accuracy {o['accuracy']:.3f}, ROC-AUC {o['roc_auc']:.3f} "
+            f"(threshold {result.threshold:.3f}, {o['n']} images) -> {out / f'baseline-{kind}-{label}'}"
+        )
+
+
+@app.command("card")
+def card_cmd(
+    reports: Annotated[
+        list[Path], typer.Argument(help="evaluation folders (genart evaluate / baseline --out)")
+    ],
+    out: Annotated[Path, typer.Option(help="Markdown file (CSV tables beside it)")] = Path("reports/card.md"),
+    primary: Annotated[
+        str | None, typer.Option(help="the model whose goals to check, e.g. real-ensemble")
+    ] = None,
+) -> None:
+    """A model card's figures from evaluation reports: overall, robustness, per folder, goals."""
+    from genart.evaluate.card import build_card, write_card
+
+    try:
+        card = build_card(reports, primary)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    path = write_card(card, out)
+    columns = [
+        "model",
+        "data",
+        "n",
+        "accuracy",
+        "roc_auc",
+        "detection_rate",
+        "false_positive_rate",
+        "acc_jpeg75",
+    ]
+    typer.echo(card.overall[columns].to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    for goal in card.goals:
+        typer.echo(f"{'met    ' if goal.met else 'NOT met'}  {goal.text}: {goal.value:.3f}")
+    typer.echo(f"card: {path}")
+
+
 def _logo(config: Path | None, overrides: list[str] | None, data: Path, out: Path | None) -> None:
     from genart.evaluate.protocols import leave_one_generator_out
 
@@ -546,8 +640,18 @@ def predict_cmd(
     api_key: ApiKeyOption = None,
     out: Annotated[Path | None, typer.Option(help="write the results as CSV")] = None,
     batch_size: Annotated[int, typer.Option(help="images per /batch-predict request")] = 16,
+    compare_with: Annotated[
+        Path | None,
+        typer.Option(
+            help="a `genart evaluate` report folder of the same images: check the API gives its verdicts"
+        ),
+    ] = None,
 ) -> None:
-    """Classify images through the HTTP API (`genart serve up` first). Prints one line per image."""
+    """Classify images through the HTTP API (`genart serve up` first). Prints one line per image.
+
+    With ``--compare-with``, every verdict is checked against the offline evaluation's (same image path); any
+    disagreement is listed and the exit code is 1.
+    """
     from tqdm import tqdm
 
     from genart.serve.client import GenartClient, expand_inputs, write_csv
@@ -574,6 +678,22 @@ def predict_cmd(
         typer.echo(f"results: {write_csv(rows, out)}")
     if failed == len(rows):
         raise typer.Exit(code=1)
+    if compare_with is not None:
+        from genart.evaluate.compare import verdict_agreement
+
+        try:
+            agreement = verdict_agreement(rows, compare_with)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+        for line in agreement.disagreements:
+            typer.echo(f"disagree: {line}")
+        typer.echo(
+            f"verdicts: {agreement.agree}/{agreement.compared} agree with {compare_with} "
+            f"(max |P_api - P_evaluate| = {agreement.max_abs_diff:.2e}; "
+            f"{agreement.missing} not in the report)"
+        )
+        if agreement.agree != agreement.compared or agreement.compared == 0:
+            raise typer.Exit(code=1)
 
 
 @app.command("ui")

@@ -150,6 +150,12 @@ class ServeConfig(_Section):
     threshold: float | None = Field(
         None, ge=0, le=1, description="the ensemble's P(ai) threshold; None: the members' weighted mean"
     )
+    ensemble: str | None = Field(
+        None,
+        description="an ensemble artefact from `genart ensemble`: its rule, weights (in `models` order) "
+        "and validation-chosen threshold become the ingress' defaults, so the app gives the verdicts "
+        "`genart evaluate` measured; rule, weights or threshold set in the user_config still win",
+    )
     max_batch_size: int = Field(16, ge=1, description="@serve.batch: most images in one forward pass")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="@serve.batch: wait for a batch to fill")
     max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1, description="larger request bodies get 413")

@@ -40,3 +40,20 @@ def test_serve_benchmark_ceiling_and_plain_app_run_the_same_models(tmp_path: Pat
     client = TestClient(bench_serve.plain_app([str(a) for a in artifacts]))
     answer = client.post("/predict", files={"file": ("x.png", images[0], "image/png")})
     assert answer.status_code == 200 and 0 <= answer.json()["probability"] <= 1
+
+
+def test_hottest_functions_from_collapsed_stacks(tmp_path: Path) -> None:
+    from genart.bench.serve import hottest_functions
+
+    raw = tmp_path / "p.txt"
+    raw.write_text(
+        "main (a.py:1);serve (b.py:2);forward (/x/timm/model.py:9) 6\n"
+        "main (a.py:1);select (/usr/lib/selectors.py:4) 3\n"
+        "main (a.py:1);serve (b.py:2);forward (/x/timm/model.py:9) 1\n"
+        "garbage\n"
+    )
+    hot = hottest_functions(raw)
+    assert hot[0] == ("forward (model.py:9)", 0.7) and hot[1] == ("select (selectors.py:4)", 0.3)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    assert hottest_functions(empty) == []

@@ -61,6 +61,27 @@ def _ray_train(manifest: Path, config, workers: int, epochs: int, storage: Path)
     return [m["train_img_s"] for m in result.return_value]
 
 
+def _plot(steady: dict[str, float], path: Path) -> Path:
+    """Training throughput against the number of workers, the plain loop as the reference line."""
+    from genart.plots import plt, save_figure
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    workers = [1, 2]
+    ray_rates = [steady["ray_1"], steady["ray_2"]]
+    ax.plot(workers, ray_rates, marker="o", label="Ray Train (DDP over gloo)")
+    for w, r in zip(workers, ray_rates, strict=True):
+        label = f"{r:.1f} ({r / steady['plain']:.2f}x)"
+        ax.annotate(label, (w, r), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.axhline(steady["plain"], color="tab:orange", ls="--", label="plain PyTorch loop")
+    ax.set_xticks(workers)
+    ax.set_xlabel("Ray Train workers")
+    ax.set_ylabel("training images per second")
+    ax.set_ylim(0, max(*ray_rates, steady["plain"]) * 1.25)
+    ax.set_title("Training throughput against workers", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -136,7 +157,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"| Ray Train, 2 workers (DDP) | {steady(two):.1f} | "
             f"{results['ratio_2_workers_over_plain']:.2f} |",
             "",
+            "![training throughput against workers](train_workers.png)",
+            "",
         ]
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    _plot(
+        {"plain": steady(plain), "ray_1": steady(one), "ray_2": steady(two)}, args.out / "train_workers.png"
     )
     write_results(args.out, "train", results, md)
     print(md)

@@ -22,7 +22,7 @@ from genart.evaluate.metrics import binary_metrics, choose_threshold, per_genera
 from genart.models.artifact import LoadedModel, load_artifact
 from genart.plots import annotated_heatmap, plt, save_figure
 
-__all__ = ["ComparisonReport", "compare", "inference_speed"]
+__all__ = ["Agreement", "ComparisonReport", "compare", "inference_speed", "verdict_agreement"]
 
 
 @dataclass
@@ -203,3 +203,47 @@ def _plot_heatmap(by_generator: pd.DataFrame, out: Path) -> Path:
     return annotated_heatmap(
         by_generator, out / "by_generator.png", "Accuracy per generator and model", "accuracy"
     )
+
+
+@dataclass
+class Agreement:
+    compared: int
+    agree: int
+    missing: int
+    max_abs_diff: float
+    disagreements: list[str]
+
+
+def verdict_agreement(api_rows: list[dict], report: str | Path) -> Agreement:
+    """Compare API answers (``genart predict`` rows: input, label, probability, error) with a ``genart
+    evaluate`` report of the same images: its predictions at its threshold, matched by resolved path."""
+    import json
+
+    report = Path(report)
+    for name in ("predictions.parquet", "metrics.json"):
+        if not (report / name).exists():
+            raise FileNotFoundError(f"{report} is not a `genart evaluate` report: no {name}")
+    threshold = json.loads((report / "metrics.json").read_text())["threshold"]
+    preds = pd.read_parquet(report / "predictions.parquet")
+    offline = {
+        str(Path(p).resolve()): float(prob) for p, prob in zip(preds["path"], preds["prob"], strict=True)
+    }
+    compared = agree = missing = 0
+    worst, lines = 0.0, []
+    for row in api_rows:
+        if row.get("error"):
+            continue
+        key = str(Path(row["input"]).resolve())
+        if key not in offline:
+            missing += 1
+            continue
+        prob = offline[key]
+        expected = "ai" if prob >= threshold else "nature"
+        compared += 1
+        worst = max(worst, abs(float(row["probability"]) - prob))
+        if row["label"] == expected:
+            agree += 1
+        else:
+            lines.append(f"{row['input']}: API {row['label']} P(ai)={row['probability']:.4f}, "
+                         f"evaluate {expected} P(ai)={prob:.4f} (threshold {threshold:.4f})")  # fmt: skip
+    return Agreement(compared, agree, missing, worst, lines)

@@ -8,6 +8,7 @@ and the ensemble's decision threshold, chosen on validation data.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -17,11 +18,15 @@ from scipy.optimize import minimize
 
 __all__ = [
     "ENSEMBLE_FILE",
+    "EnsembleMeta",
     "EnsembleSpec",
+    "LoadedEnsemble",
     "Rule",
     "combine",
     "fit_weights",
+    "is_ensemble",
     "load_ensemble",
+    "load_model_or_ensemble",
     "save_ensemble",
 ]
 
@@ -108,6 +113,61 @@ def load_ensemble(path: str | Path) -> EnsembleSpec:
     if not file.exists():
         raise FileNotFoundError(f"no ensemble at {path}: expected {file}")
     return EnsembleSpec.model_validate(json.loads(file.read_text()))
+
+
+def is_ensemble(path: str | Path) -> bool:
+    return (Path(path) / ENSEMBLE_FILE).is_file()
+
+
+@dataclass
+class EnsembleMeta:
+    """What evaluation reads from a model's ``meta``, for an ensemble."""
+
+    name: str
+    threshold: float
+    classes: list[str]
+    temperature: float = 1.0
+
+
+class LoadedEnsemble:
+    """An ensemble artefact with its members loaded. It evaluates like one model: ``genart evaluate`` and
+    :func:`genart.evaluate.predict.predict_rows` take it where they take a :class:`LoadedModel`."""
+
+    def __init__(self, path: str | Path, spec: EnsembleSpec, members: list) -> None:
+        for member, source in zip(members, spec.members, strict=True):
+            if len(member.meta.classes) != 2:
+                raise ValueError(
+                    f"ensemble member {source} is an attribution model; members must be detectors"
+                )
+        self.path, self.spec, self.members = Path(path), spec, members
+        self.meta = EnsembleMeta(
+            name=self.path.name, threshold=spec.threshold, classes=list(members[0].meta.classes)
+        )
+
+    def predict_rows(self, rows, degrade: str | None = None, **kwargs):
+        """Each member's predictions combined by the ensemble's rule: ``prob``, one ``prob_<member>`` per
+        member, and ``pred_class`` at the ensemble's threshold."""
+        from genart.evaluate.predict import predict_rows
+
+        preds = [predict_rows(m, rows, degrade=degrade, **kwargs) for m in self.members]
+        out = preds[0].drop(columns=[c for c in preds[0].columns if c.startswith("logit_")])
+        probs = np.stack([p["prob"].to_numpy() for p in preds])
+        for i, member in enumerate(self.members):
+            out[f"prob_{i}_{member.meta.name}"] = probs[i]
+        out["prob"] = combine(probs, self.spec.rule, self.spec.weights, self.spec.member_thresholds)
+        out["pred_class"] = np.where(out["prob"] >= self.meta.threshold, "ai", "nature")
+        return out
+
+
+def load_model_or_ensemble(path_or_uri: str | Path):
+    """An ensemble directory (with ``ensemble.json``) as a :class:`LoadedEnsemble`, anything else as an
+    artefact (:func:`genart.models.artifact.load_artifact`)."""
+    from genart.models.artifact import load_artifact
+
+    if is_ensemble(path_or_uri):
+        spec = load_ensemble(path_or_uri)
+        return LoadedEnsemble(path_or_uri, spec, [load_artifact(m) for m in spec.members])
+    return load_artifact(path_or_uri)
 
 
 def build_and_evaluate(

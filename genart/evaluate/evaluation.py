@@ -137,11 +137,53 @@ def _plot_roc(result: EvaluationResult, out: Path) -> Path:
     return save_figure(fig, out / "roc.png")
 
 
+def _plot_errors(result: EvaluationResult, out: Path, n: int = 12, columns: int = 4) -> Path | None:
+    """The most confident mistakes as a thumbnail grid (``errors.png``), each with its folder, its true
+    label and P(ai); None when there is no mistake or no image can be read."""
+    from PIL import Image
+
+    preds = result.predictions
+    wrong = preds[(preds["prob"] >= result.threshold).astype(int) != preds["target"]]
+    if wrong.empty or "path" not in wrong:
+        return None
+    wrong = wrong.assign(margin=(wrong["prob"] - result.threshold).abs()).nlargest(n, "margin")
+    rows = -(-len(wrong) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.55 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    shown = 0
+    for ax, (_, row) in zip(axes.flat, wrong.iterrows(), strict=False):
+        try:
+            with Image.open(row["path"]) as image:
+                image.draft("RGB", (256, 256))
+                thumb = image.convert("RGB")
+                thumb.thumbnail((256, 256))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            continue
+        ax.imshow(thumb)
+        truth = "ai" if row["target"] == 1 else "nature"
+        ax.set_title(f"{row['generator'][:26]}\ntrue {truth} · P(ai) {row['prob']:.2f}", fontsize=7)
+        shown += 1
+    if not shown:
+        plt.close(fig)
+        return None
+    fig.suptitle(
+        f"{result.name} on {result.split}: the {shown} most confident mistakes "
+        f"(threshold {result.threshold:.2f})",
+        fontsize=9,
+    )
+    return save_figure(fig, out / "errors.png")
+
+
 def write_evaluation(result: EvaluationResult, out: str | Path) -> Path:
-    """Write ``evaluation.md``, ``metrics.json``, ``per_generator.csv``, ``predictions.parquet`` and PNGs."""
+    """Write ``evaluation.md``, ``metrics.json``, ``per_generator.csv``, ``predictions.parquet`` and PNGs
+    (confusion matrix, ROC, and a grid of the most confident mistakes)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result.plots = [_plot_confusion(result, out), _plot_roc(result, out)]
+    errors = _plot_errors(result, out)
+    if errors:
+        result.plots.append(errors)
     result.per_generator.to_csv(out / "per_generator.csv")
     result.robustness.to_csv(out / "robustness.csv")
     result.predictions.to_parquet(out / "predictions.parquet", index=False)
@@ -158,11 +200,14 @@ def write_evaluation(result: EvaluationResult, out: str | Path) -> Path:
         "",
         result.per_generator.to_markdown(floatfmt=".3f"),
         "",
-        "## Robustness (accuracy after a JPEG re-save at quality 96 and 75, and a half-size thumbnail)",
-        "",
-        result.robustness.to_markdown(floatfmt=".3f"),
-        "",
     ]
+    if len(result.robustness.columns):
+        md += [
+            "## Robustness (accuracy after a JPEG re-save at quality 96 and 75, and a half-size thumbnail)",
+            "",
+            result.robustness.to_markdown(floatfmt=".3f"),
+            "",
+        ]
     if result.attribution is not None:
         result.attribution.to_csv(out / "attribution.csv")
         md += [
@@ -181,6 +226,8 @@ def write_evaluation(result: EvaluationResult, out: str | Path) -> Path:
             "",
         ]
     md += ["![confusion](confusion.png) ![roc](roc.png)", ""]
+    if errors:
+        md += ["## The most confident mistakes", "", "![errors](errors.png)", ""]
     path = out / "evaluation.md"
     path.write_text("\n".join(md))
     return path

@@ -27,8 +27,12 @@ def predict_rows(
 
     ``prob`` is the calibrated P(ai) = 1 - P(nature), with the artefact's temperature applied. ``target``
     becomes 0/1 (nature/ai), the class index is kept as ``class_target``, and ``pred_class`` names the
-    argmax class.
+    argmax class. An ensemble (:class:`genart.evaluate.ensemble.LoadedEnsemble`) combines its members'.
     """
+    if hasattr(loaded, "predict_rows"):  # an ensemble
+        return loaded.predict_rows(
+            rows, degrade=degrade, batch_size=batch_size, workers=workers, progress=progress
+        )
     dataset = ManifestDataset(rows, loaded.spec, degrade=degrade)
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
     logits = []

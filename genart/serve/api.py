@@ -50,7 +50,7 @@ from genart.serve.schemas import (
     PredictJSON,
 )
 
-__all__ = ["EnsembleIngress", "app", "default_threshold", "ensemble_verdict"]
+__all__ = ["EnsembleIngress", "app", "default_threshold", "ensemble_defaults", "ensemble_verdict"]
 
 log = logging.getLogger("genart.serve.api")
 
@@ -65,6 +65,23 @@ def default_threshold(rule: str, thresholds: list[float], weights: list[float]) 
     if w.sum() <= 0:
         w = np.ones(len(thresholds))
     return float(np.dot(w, thresholds) / w.sum())
+
+
+def ensemble_defaults(path: str, model_names: list[str]) -> dict[str, Any]:
+    """rule, weights ({model: weight}, members matched to models by position) and threshold from an
+    ensemble artefact; ValueError when it does not fit this app."""
+    from genart.evaluate.ensemble import load_ensemble
+
+    spec = load_ensemble(str(path).removeprefix("file://"))
+    if len(spec.members) != len(model_names):
+        raise ValueError(
+            f"ensemble {path} has {len(spec.members)} members ({spec.members}) but the app serves "
+            f"{len(model_names)} models ({model_names}); list them in the same order"
+        )
+    defaults: dict[str, Any] = {"rule": spec.rule, "threshold": spec.threshold}
+    if spec.weights is not None:
+        defaults["weights"] = dict(zip(model_names, spec.weights, strict=True))
+    return defaults
 
 
 def ensemble_verdict(
@@ -278,12 +295,20 @@ class EnsembleIngress:
         self._members_at = 0.0
         self._background: set[asyncio.Task] = set()
         self._apply_limits()
+        if self.config.ensemble:
+            self.reconfigure({})
         app.state.ingress = self
         log.info("ingress up: models %s, store %s", list(models), self.store.url)
 
     # -- configuration -----------------------------------------------------------------------------------
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         update = dict(user_config or {})
+        ensemble = update.get("ensemble", self.config.ensemble)
+        explicit = {k: v for k, v in update.items() if v is not None}
+        if ensemble:  # the ensemble artefact's choices, under whatever the user_config sets explicitly
+            update = {**ensemble_defaults(ensemble, [m.name for m in self.config.models]), **explicit}
+        else:  # null means "the default"; for the threshold, the members' thresholds averaged by the rule
+            update = {**explicit, **({"threshold": None} if "threshold" in update else {})}
         weights = update.pop("weights", None)
         if weights:
             unknown = set(weights) - set(self.models)

@@ -7,7 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 from genart.cli import app
-from genart.evaluate.ensemble import EnsembleSpec, combine, fit_weights, load_ensemble
+from genart.evaluate.ensemble import EnsembleSpec, combine, fit_weights, load_ensemble, save_ensemble
 from genart.models.artifact import ArtifactMeta, save_artifact
 from genart.models.zoo import build_model, get_entry
 
@@ -63,3 +63,75 @@ def test_ensemble_members_can_be_given_comma_separated(synth_manifest: Path, tmp
         app, ["ensemble", f"{tmp_path / 'a'},{tmp_path / 'b'}", "--data", str(synth_manifest)]
     )
     assert result.exit_code == 2 and "no genart artefact" in result.output  # both names were read as members
+
+
+def test_an_ensemble_evaluates_like_one_model(synth_manifest: Path, tmp_path: Path) -> None:
+    members = []
+    for seed, name in enumerate(["tiny", "tiny_residual"]):
+        torch.manual_seed(seed)
+        model, spec = build_model(name, pretrained=False, input_size=48)
+        entry = get_entry(name)
+        meta = ArtifactMeta(name=name, timm_id=entry.timm_id, residual=entry.residual, input=spec.to_dict())
+        members.append(str(save_artifact(model, meta, tmp_path / name)))
+    spec = EnsembleSpec(members=members, rule="weighted", weights=[0.75, 0.25], threshold=0.4)
+    save_ensemble(spec, tmp_path / "ens")
+    runner = CliRunner()
+    out = tmp_path / "eval"
+    result = runner.invoke(
+        app,
+        [
+            "evaluate",
+            str(tmp_path / "ens"),
+            "--data",
+            str(synth_manifest),
+            "--no-robustness",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    preds = pd.read_parquet(out / "predictions.parquet")
+    single = [
+        pd.read_parquet(out / "predictions.parquet")[c] for c in ("prob_0_tiny", "prob_1_tiny_residual")
+    ]
+    np.testing.assert_allclose(preds["prob"], 0.75 * single[0] + 0.25 * single[1], rtol=1e-6)
+    assert ((preds["prob"] >= 0.4) == (preds["pred_class"] == "ai")).all()
+    alone = runner.invoke(
+        app,
+        [
+            "evaluate",
+            members[0],
+            "--data",
+            str(synth_manifest),
+            "--no-robustness",
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
+    assert alone.exit_code == 0, alone.output
+    np.testing.assert_allclose(
+        pd.read_parquet(tmp_path / "m" / "predictions.parquet")["prob"], single[0], rtol=1e-6
+    )
+    assert '"threshold": 0.4' in (out / "metrics.json").read_text()
+    refit = runner.invoke(
+        app, ["evaluate", str(tmp_path / "ens"), "--data", str(synth_manifest), "--calibrate-on", "val"]
+    )
+    assert refit.exit_code == 2 and "drop --calibrate-on" in refit.output
+
+
+def test_the_serving_ingress_takes_its_defaults_from_an_ensemble_artefact(tmp_path: Path) -> None:
+    from genart.serve.api import ensemble_defaults
+
+    save_ensemble(
+        EnsembleSpec(members=["a", "b"], rule="weighted", weights=[0.7, 0.3], threshold=0.42), tmp_path / "e"
+    )
+    assert ensemble_defaults(str(tmp_path / "e"), ["lite0", "residual"]) == {
+        "rule": "weighted",
+        "threshold": 0.42,
+        "weights": {"lite0": 0.7, "residual": 0.3},
+    }
+    assert ensemble_defaults(f"file://{tmp_path / 'e'}", ["x", "y"])["threshold"] == 0.42
+    with pytest.raises(ValueError, match=r"has 2 members .* serves 1 models"):
+        ensemble_defaults(str(tmp_path / "e"), ["lite0"])
+    with pytest.raises(FileNotFoundError, match="no ensemble at"):
+        ensemble_defaults(str(tmp_path / "missing"), ["lite0", "residual"])

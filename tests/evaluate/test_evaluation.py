@@ -49,6 +49,9 @@ def test_evaluate_reports_per_generator_and_robustness(
     assert "## Per generator" in text and "## Robustness" in text and "## Calibration" in text
     for name in ("confusion.png", "roc.png", "per_generator.csv", "robustness.csv", "metrics.json"):
         assert (tmp_path / "eval" / name).exists()
+    wrong = ((result.predictions["prob"] >= result.threshold) != result.predictions["target"]).sum()
+    assert wrong > 0, "an untrained model makes mistakes"
+    assert (tmp_path / "eval" / "errors.png").exists() and "most confident mistakes" in text
 
 
 def test_evaluate_command_prints_the_table(synth_manifest: Path, tiny_artifact: Path, tmp_path: Path) -> None:
