@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install lint format test test-fast demo data bench bench-data bench-train bench-serve real real-data real-train real-eval real-serve load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
+.PHONY: help install lint format test test-fast demo data bench bench-data bench-train bench-serve real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -148,6 +148,12 @@ real-eval: $(VENV)/.installed ## every model and both shortcut baselines on the 
 			--out $(REAL_EVAL) || exit 1; \
 	done
 	$(GENART) card $(REAL_EVAL)/*-test $(REAL_EVAL)/*-sample --primary real-ensemble --out reports/real/card.md
+
+real-crop-vs-resize: $(VENV)/.installed ## the evidence for crops: lite0 trained on resized images instead, compared on val
+	$(GENART) train --config jobs/configs/real-lite0.yaml --data $(REAL)/train.split.parquet --name real-lite0-resize \
+		--set model.crop_policy=resize
+	$(GENART) compare artifacts/real-lite0 artifacts/real-lite0-resize --data $(REAL)/train.split.parquet --split val \
+		--out reports/real/crop-vs-resize --no-track
 
 real-serve: $(VENV)/.installed ## serve the real-image ensemble (serve_config.yaml with only its model paths changed); API vs evaluate verdicts on real-sample
 	@mkdir -p reports/real

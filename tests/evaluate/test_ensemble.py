@@ -37,7 +37,8 @@ def test_ensemble_spec_checks_lengths() -> None:
         EnsembleSpec(members=["a", "b"], weights=[1.0])
 
 
-def test_ensemble_command_builds_and_compares(synth_manifest: Path, tmp_path: Path) -> None:
+def _members(tmp_path: Path) -> list[str]:
+    """Two untrained member artefacts: a tiny EfficientNet and a tiny residual detector."""
     members = []
     for seed, name in enumerate(["tiny", "tiny_residual"]):
         torch.manual_seed(seed)
@@ -45,6 +46,11 @@ def test_ensemble_command_builds_and_compares(synth_manifest: Path, tmp_path: Pa
         entry = get_entry(name)
         meta = ArtifactMeta(name=name, timm_id=entry.timm_id, residual=entry.residual, input=spec.to_dict())
         members.append(str(save_artifact(model, meta, tmp_path / name)))
+    return members
+
+
+def test_ensemble_command_builds_and_compares(synth_manifest: Path, tmp_path: Path) -> None:
+    members = _members(tmp_path)
     result = CliRunner().invoke(
         app,
         ["ensemble", "--members", *members, "--data", str(synth_manifest), "--rule", "weighted",
@@ -66,13 +72,7 @@ def test_ensemble_members_can_be_given_comma_separated(synth_manifest: Path, tmp
 
 
 def test_an_ensemble_evaluates_like_one_model(synth_manifest: Path, tmp_path: Path) -> None:
-    members = []
-    for seed, name in enumerate(["tiny", "tiny_residual"]):
-        torch.manual_seed(seed)
-        model, spec = build_model(name, pretrained=False, input_size=48)
-        entry = get_entry(name)
-        meta = ArtifactMeta(name=name, timm_id=entry.timm_id, residual=entry.residual, input=spec.to_dict())
-        members.append(str(save_artifact(model, meta, tmp_path / name)))
+    members = _members(tmp_path)
     spec = EnsembleSpec(members=members, rule="weighted", weights=[0.75, 0.25], threshold=0.4)
     save_ensemble(spec, tmp_path / "ens")
     runner = CliRunner()

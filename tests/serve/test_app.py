@@ -450,6 +450,43 @@ def test_a_new_user_config_swaps_a_model_without_downtime(live: Live) -> None:
     assert after["model_versions"]["detector"] == "7" and after["threshold"] == pytest.approx((0.3 + 0.6) / 2)
 
 
+def test_an_ensemble_artefact_sets_the_served_rule_weights_and_threshold(live: Live, tmp_path: Path) -> None:
+    from genart.evaluate.ensemble import EnsembleSpec, save_ensemble
+
+    members = [str(live.artifacts["detector_v2"]), str(live.artifacts["attributor"])]
+    spec = EnsembleSpec(members=members, rule="weighted", weights=[0.8, 0.2], threshold=0.123)
+    ingress = next(d for d in live.config["applications"][0]["deployments"] if d["name"] == "EnsembleIngress")
+    ingress["user_config"] = {"ensemble": str(save_ensemble(spec, tmp_path / "ens"))}
+    try:
+        live.redeploy()
+        with live.client() as client:
+            deadline = time.monotonic() + 60
+            while client.get("/models").json()["threshold"] != pytest.approx(0.123):
+                assert time.monotonic() < deadline, "the ingress never took the ensemble's threshold"
+                time.sleep(0.5)
+            answer = client.post("/predict", **_upload(image_bytes(seed=11))).json()
+        scores = {m["name"]: m["probability"] for m in answer["models"]}
+        assert answer["threshold"] == pytest.approx(0.123)
+        assert answer["probability"] == pytest.approx(
+            0.8 * scores["detector"] + 0.2 * scores["attributor"], abs=1e-6
+        )
+        assert answer["label"] == ("ai" if answer["probability"] >= 0.123 else "nature")
+    finally:
+        ingress["user_config"] = {
+            "ensemble": None,
+            "rule": "mean",
+            "weights": {"detector": 1.0, "attributor": 1.0},
+        }
+        live.redeploy()
+    with live.client() as client:
+        deadline = time.monotonic() + 60
+        while client.get("/models").json()["threshold"] != pytest.approx((0.3 + 0.6) / 2):
+            assert time.monotonic() < deadline, (
+                "without an ensemble the members' thresholds did not come back"
+            )
+            time.sleep(0.5)
+
+
 def _postgres(action: str) -> None:
     import os
 
