@@ -322,7 +322,13 @@ def evaluate_cmd(
         _fail("give an ARTIFACT to evaluate (a directory or models:/genart-<name>/<version>)")
     from genart.data.pipeline import select_rows
     from genart.evaluate.ensemble import LoadedEnsemble, load_model_or_ensemble
-    from genart.evaluate.evaluation import ROBUSTNESS, Calibration, calibrate, evaluate, write_evaluation
+    from genart.evaluate.evaluation import (
+        ROBUSTNESS,
+        calibrate,
+        evaluate,
+        recorded_calibration,
+        write_evaluation,
+    )
 
     try:
         loaded = load_model_or_ensemble(artifact)
@@ -343,16 +349,8 @@ def evaluate_cmd(
         if calibrate_on:
             calibration = calibrate(loaded, select_rows(data, calibrate_on, classes=classes), workers=workers)
             loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold
-        elif not isinstance(loaded, LoadedEnsemble) and {"ece_before", "ece_after"} <= set(
-            loaded.meta.metrics
-        ):
-            # the calibration recorded in the artefact when training chose its temperature and threshold
-            calibration = Calibration(
-                temperature=loaded.meta.temperature,
-                threshold=loaded.meta.threshold,
-                ece_before=float(loaded.meta.metrics["ece_before"]),
-                ece_after=float(loaded.meta.metrics["ece_after"]),
-            )
+        else:
+            calibration = recorded_calibration(loaded)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     result = evaluate(

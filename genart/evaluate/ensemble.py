@@ -183,7 +183,12 @@ def build_and_evaluate(
     import pandas as pd
 
     from genart.data.pipeline import select_rows
-    from genart.evaluate.metrics import binary_metrics, choose_threshold, per_generator
+    from genart.evaluate.metrics import (
+        binary_metrics,
+        choose_threshold,
+        expected_calibration_error,
+        per_generator,
+    )
     from genart.evaluate.predict import predict_rows
     from genart.models.artifact import load_artifact
 
@@ -197,7 +202,8 @@ def build_and_evaluate(
     member_thresholds = [m.meta.threshold for m in loaded]
     if rule == "weighted" and weights is None:
         weights = fit_weights(fit_probs, y_fit)
-    threshold = choose_threshold(y_fit, combine(fit_probs, rule, weights, member_thresholds))
+    fit_combined = combine(fit_probs, rule, weights, member_thresholds)
+    threshold = choose_threshold(y_fit, fit_combined)
 
     test_preds = [predict_rows(m, test_rows) for m in loaded]
     frame = test_preds[0][["generator", "target"]].copy()
@@ -217,6 +223,9 @@ def build_and_evaluate(
         weights=weights,
         member_thresholds=member_thresholds,
         threshold=threshold,
-        metrics={f"test_{k}": float(v) for k, v in overall["ensemble"].items()},
+        metrics={
+            **{f"test_{k}": float(v) for k, v in overall["ensemble"].items()},
+            f"{fit_on}_ece": expected_calibration_error(y_fit, fit_combined),
+        },
     )
     return spec, pd.DataFrame(accuracy), pd.DataFrame(overall).T

@@ -21,7 +21,15 @@ from genart.evaluate.predict import predict_rows
 from genart.models.artifact import LoadedModel
 from genart.plots import plt, save_figure
 
-__all__ = ["ROBUSTNESS", "Calibration", "EvaluationResult", "calibrate", "evaluate", "write_evaluation"]
+__all__ = [
+    "ROBUSTNESS",
+    "Calibration",
+    "EvaluationResult",
+    "calibrate",
+    "evaluate",
+    "recorded_calibration",
+    "write_evaluation",
+]
 
 ROBUSTNESS: tuple[str, ...] = ("jpeg96", "jpeg75", "half")
 
@@ -65,6 +73,25 @@ def calibrate(loaded: LoadedModel, val_rows: pd.DataFrame, workers: int = 0) -> 
         ece_before=expected_calibration_error(y, ai_probability(logits)),
         ece_after=expected_calibration_error(y, calibrated),
     )
+
+
+def recorded_calibration(loaded) -> Calibration | None:
+    """The calibration written down when the model was made: a trained artefact's temperature, threshold and
+    ECE on validation; an ensemble's threshold and the ECE of its combined probability on validation."""
+    metrics = getattr(loaded.meta, "metrics", None)
+    if metrics and {"ece_before", "ece_after"} <= set(metrics):
+        return Calibration(
+            temperature=loaded.meta.temperature,
+            threshold=loaded.meta.threshold,
+            ece_before=float(metrics["ece_before"]),
+            ece_after=float(metrics["ece_after"]),
+        )
+    from genart.evaluate.ensemble import LoadedEnsemble
+
+    if isinstance(loaded, LoadedEnsemble) and "val_ece" in loaded.spec.metrics:
+        ece = float(loaded.spec.metrics["val_ece"])
+        return Calibration(temperature=1.0, threshold=loaded.spec.threshold, ece_before=ece, ece_after=ece)
+    return None
 
 
 def evaluate(
@@ -148,7 +175,7 @@ def _plot_errors(result: EvaluationResult, out: Path, n: int = 12, columns: int 
         return None
     wrong = wrong.assign(margin=(wrong["prob"] - result.threshold).abs()).nlargest(n, "margin")
     rows = -(-len(wrong) // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.55 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.3 * columns, 2.8 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     shown = 0

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,7 @@ def test_ensemble_command_builds_and_compares(synth_manifest: Path, tmp_path: Pa
     assert result.exit_code == 0, result.output
     spec = load_ensemble(tmp_path / "ens")
     assert spec.members == members and spec.rule == "weighted" and len(spec.weights) == 2
+    assert 0 <= spec.metrics["val_ece"] <= 1
     table = pd.read_csv(tmp_path / "ens" / "accuracy_by_generator.csv", index_col=0)
     assert list(table.columns) == ["tiny", "tiny_residual", "ensemble"] and "all" in table.index
     assert "the best member's" in result.output
@@ -73,7 +75,9 @@ def test_ensemble_members_can_be_given_comma_separated(synth_manifest: Path, tmp
 
 def test_an_ensemble_evaluates_like_one_model(synth_manifest: Path, tmp_path: Path) -> None:
     members = _members(tmp_path)
-    spec = EnsembleSpec(members=members, rule="weighted", weights=[0.75, 0.25], threshold=0.4)
+    spec = EnsembleSpec(
+        members=members, rule="weighted", weights=[0.75, 0.25], threshold=0.4, metrics={"val_ece": 0.05}
+    )
     save_ensemble(spec, tmp_path / "ens")
     runner = CliRunner()
     out = tmp_path / "eval"
@@ -112,7 +116,8 @@ def test_an_ensemble_evaluates_like_one_model(synth_manifest: Path, tmp_path: Pa
     np.testing.assert_allclose(
         pd.read_parquet(tmp_path / "m" / "predictions.parquet")["prob"], single[0], rtol=1e-6
     )
-    assert '"threshold": 0.4' in (out / "metrics.json").read_text()
+    recorded = json.loads((out / "metrics.json").read_text())
+    assert recorded["threshold"] == 0.4 and recorded["calibration"]["ece_after"] == 0.05
     refit = runner.invoke(
         app, ["evaluate", str(tmp_path / "ens"), "--data", str(synth_manifest), "--calibrate-on", "val"]
     )
