@@ -149,10 +149,10 @@ real-eval: $(VENV)/.installed ## every model and both shortcut baselines on the 
 	done
 	$(GENART) card $(REAL_EVAL)/*-test $(REAL_EVAL)/*-sample --primary real-ensemble --out reports/real/card.md
 
-real-crop-vs-resize: $(VENV)/.installed ## the evidence for crops: lite0 trained on resized images instead, compared on val
-	$(GENART) train --config jobs/configs/real-lite0.yaml --data $(REAL)/train.split.parquet --name real-lite0-resize \
-		--set model.crop_policy=resize
-	$(GENART) compare artifacts/real-lite0 artifacts/real-lite0-resize --data $(REAL)/train.split.parquet --split val \
+real-crop-vs-resize: $(VENV)/.installed ## the evidence for resizing: lite0 trained on 224 px crops instead, compared on val
+	$(GENART) train --config jobs/configs/real-lite0.yaml --data $(REAL)/train.split.parquet --name real-lite0-crop \
+		--set model.crop_policy=crop
+	$(GENART) compare artifacts/real-lite0 artifacts/real-lite0-crop --data $(REAL)/train.split.parquet --split val \
 		--out reports/real/crop-vs-resize --no-track
 
 real-serve: $(VENV)/.installed ## serve the real-image ensemble (serve_config.yaml with only its model paths changed); API vs evaluate verdicts on real-sample

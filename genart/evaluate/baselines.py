@@ -137,6 +137,9 @@ def run_baseline(
             per_generator=per_generator(preds, threshold),
             robustness=pd.DataFrame(index=per_generator(preds, threshold).index),
             predictions=preds,
+            data=label
+            if label != "test"
+            else Path(data).name.removesuffix(".parquet").removesuffix(".split"),
         )
         write_evaluation(result, Path(out) / f"baseline-{kind}-{label}")
         results[label] = result

@@ -53,7 +53,9 @@ def _overall_row(report: dict) -> dict:
     m = report["metrics"]
     row = {
         "model": m["name"],
-        "data": "in-source test" if m["split"] == "test" else f"out-of-source ({m['split']})",
+        "data": "in-source test"
+        if m["split"] == "test"
+        else f"out-of-source ({m.get('data') or m['split']})",
         "n": m["n"],
         "accuracy": m["accuracy"],
         "roc_auc": m["roc_auc"],

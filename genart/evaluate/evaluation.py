@@ -54,6 +54,7 @@ class EvaluationResult:
     calibration: Calibration | None = None
     attribution: pd.DataFrame | None = None
     plots: list[Path] = field(default_factory=list)
+    data: str | None = None  # which data, e.g. the manifest's name: reports on other sources say so
 
 
 def logit_columns(preds: pd.DataFrame) -> list[str]:
@@ -214,7 +215,8 @@ def write_evaluation(result: EvaluationResult, out: str | Path) -> Path:
     result.per_generator.to_csv(out / "per_generator.csv")
     result.robustness.to_csv(out / "robustness.csv")
     result.predictions.to_parquet(out / "predictions.parquet", index=False)
-    payload = {"name": result.name, "split": result.split, "threshold": result.threshold, **result.overall}
+    payload = {"name": result.name, "split": result.split, "data": result.data, "threshold": result.threshold,
+               **result.overall}  # fmt: skip
     if result.calibration:
         payload["calibration"] = result.calibration.__dict__
     (out / "metrics.json").write_text(json.dumps(payload, indent=2))

@@ -34,6 +34,7 @@ def test_metadata_baseline_finds_the_format_trap(synth_manifest: Path, tmp_path:
     assert result.exit_code == 0, result.output
     test = json.loads((out / "baseline-metadata-test" / "metrics.json").read_text())
     assert test["name"] == "baseline-metadata" and test["split"] == "test" and test["roc_auc"] > 0.95
+    assert json.loads((out / "baseline-metadata-again" / "metrics.json").read_text())["data"] == "again"
     everything = pd.read_parquet(out / "baseline-metadata-again" / "predictions.parquet")
     assert len(everything) == len(read_manifest(synth_manifest))
     assert "## Per generator" in (out / "baseline-metadata-again" / "evaluation.md").read_text()
