@@ -205,3 +205,16 @@ def test_ray_processes_are_labelled_by_role_without_the_running_method(
     cmdline: list[str], label: str
 ) -> None:
     assert _ray_label(cmdline, "python") == label
+
+
+def test_the_fuzz_json_is_preferred_to_the_markdown(tmp_path: Path) -> None:
+    _fabricate(tmp_path)
+    summary = {"benchmark": "fuzz", "date": "2030-01-03", "machine": _machine()}
+    summary |= {"examples": 50, "inputs": 812, "failures": 0}
+    (tmp_path / "fuzz.json").write_text(json.dumps(summary))
+    fuzz = [r for r in collect(tmp_path) if r["what"].startswith("bad inputs")]
+    assert len(fuzz) == 1 and fuzz[0]["source"].endswith("fuzz.json") and fuzz[0]["date"] == "2030-01-03"
+    assert (
+        fuzz[0]["value"]
+        == "812 schema-generated requests (50 positive + 50 negative per operation); 5xx or no answer: 0"
+    )

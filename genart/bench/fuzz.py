@@ -10,6 +10,7 @@ the requests are hostile on purpose.
 import argparse
 import contextlib
 import ipaddress
+import json
 import socket
 import sys
 from collections import Counter
@@ -32,6 +33,24 @@ class FuzzReport:
     @property
     def calls(self) -> int:
         return sum(sum(c.values()) for c in self.statuses.values())
+
+    def summary(self) -> dict[str, Any]:
+        """What ``make reliability`` reads (``fuzz.json``)."""
+        from datetime import UTC, datetime
+
+        from genart.bench.common import machine
+
+        return {
+            "benchmark": "fuzz",
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "machine": machine(),
+            "api": self.api,
+            "schemathesis": self.schemathesis,
+            "examples": self.examples,
+            "inputs": self.calls,
+            "failures": len(self.failures),
+            "statuses": {op: {str(k): v for k, v in c.items()} for op, c in sorted(self.statuses.items())},
+        }
 
     def markdown(self) -> str:
         lines = [
@@ -146,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report.markdown())
+    args.out.with_suffix(".json").write_text(json.dumps(report.summary(), indent=2))
     print(report.markdown())
     return 1 if report.failures else 0
 

@@ -65,9 +65,13 @@ def _fuzz_row(path: Path) -> dict[str, Any]:
     if path.suffix == ".json":
         r = json.loads(path.read_text())
         tried = r.get("inputs") or r.get("tried") or r.get("cases")
+        value = f"{tried} schema-generated requests"
+        if r.get("failures") is not None and "examples" in r:
+            value += f" ({r['examples']} positive + {r['examples']} negative per operation)"
+            value += f"; 5xx or no answer: {r['failures']}"
         return {
-            "what": "bad inputs tried",
-            "value": f"{tried}",
+            "what": "bad inputs tried (schemathesis)",
+            "value": value,
             "lost": None,
             "date": _date(r, path),
             "machine": r,
