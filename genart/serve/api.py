@@ -308,7 +308,10 @@ class EnsembleIngress:
         if ensemble:  # the ensemble artefact's choices, under whatever the user_config sets explicitly
             update = {**ensemble_defaults(ensemble, [m.name for m in self.config.models]), **explicit}
         else:  # null means "the default"; for the threshold, the members' thresholds averaged by the rule
-            update = {**explicit, **{k: None for k in ("threshold", "ensemble") if k in update}}
+            cleared = {k: None for k in ("threshold", "ensemble") if k in update}
+            if self.config.ensemble and "threshold" not in explicit:
+                cleared["threshold"] = None  # the ensemble's threshold leaves with it
+            update = {**explicit, **cleared}
         weights = update.pop("weights", None)
         if weights:
             unknown = set(weights) - set(self.models)
