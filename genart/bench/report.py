@@ -94,9 +94,19 @@ def _fuzz_row(path: Path) -> dict[str, Any]:
 def _bench_row(path: Path) -> dict[str, Any]:
     r = json.loads(path.read_text())
     name = r.get("benchmark", path.stem)
-    if name == "serve" and "serve" in r:
+    if name == "serve" and "ratio_serve16_over_ceiling" in r:
+        top = r["serve"]["16"]
+        value = (f"Serve at 16 clients {top['req_s']:.1f} req/s (p99 {top['p99_ms']:.0f} ms): "
+                 f"{r['ratio_serve16_over_ceiling']:.2f}x the in-process ceiling (goal 0.8), "
+                 f"{r['ratio_serve16_over_plain16']:.2f}x plain FastAPI (goal 2.0)")  # fmt: skip
+    elif name == "serve" and "serve" in r:
         top = max(r["serve"].values(), key=lambda s: s.get("req_s", 0))
         value = f"Serve {top['req_s']:.1f} req/s (p99 {top['p99_ms']:.0f} ms)"
+    elif name == "data" and "steady_ratio_ray_over_torch" in r:
+        value = f"Ray Data / DataLoader, steady: {r['steady_ratio_ray_over_torch']:.2f}x (goal 0.9)"
+    elif name == "train" and "ratio_2_workers_over_plain" in r:
+        value = (f"Ray Train / plain loop: 1 worker {r['ratio_1_worker_over_plain']:.2f}x, "
+                 f"2 workers {r['ratio_2_workers_over_plain']:.2f}x")  # fmt: skip
     else:
         value = f"see {path.name}"
     return {"what": f"benchmark: {name}", "value": value, "lost": None, "date": _date(r, path), "machine": r}

@@ -11,8 +11,8 @@ Goals (issue 5): Serve >= 0.8x the ceiling at concurrency 16, and >= 2x the plai
 
 Where the time goes: during each concurrency-16 run the CPU seconds of every process involved (the load
 driver, the plain app, each Ray Serve actor) are read before and after, and reported as CPU milliseconds per
-request. With ``--profile``, py-spy also samples every Serve replica and the proxy during that run: their
-collapsed stacks and each one's hottest functions go to ``--out``.
+request. With ``--profile``, py-spy then samples every Serve replica and the proxy during one more, untimed
+run at that concurrency: their collapsed stacks and each one's hottest functions go to ``--out``.
 """
 
 import argparse
@@ -215,7 +215,6 @@ def _measure(
     top = max(requests)
     for c, n in requests.items():
         watched = {**(pids or {}), "load driver (this process)": [os.getpid()]}
-        spies = _start_profiles(pids or {}, profile_dir) if c == top and profile_dir else []
         before = _cpu_seconds(watched)
         results[c] = _summary(*asyncio.run(drive(url, images, c, n)))
         after = _cpu_seconds(watched)
@@ -224,6 +223,9 @@ def _measure(
             results[c]["cpu_ms_per_request"] = {
                 role: round(1000 * (after[role] - before[role]) / done, 1) for role in watched
             }
+    if profile_dir:  # a separate, untimed pass: py-spy's own sampling would slow the measured one
+        spies = _start_profiles(pids or {}, profile_dir)
+        asyncio.run(drive(url, images, top, requests[top]))
         _stop_profiles(spies)
     return results
 
