@@ -115,14 +115,14 @@ bench-train: $(VENV)/.installed ## Ray Train with 1 and 2 workers vs a plain PyT
 bench-serve: $(VENV)/.installed ## Serve over HTTP (concurrency 1, 4, 16) vs the ceiling vs plain FastAPI; CPU per process, py-spy
 	$(PY) -m genart.bench.serve --out reports/bench --profile
 
-# Issue 9: a detector for real images. real-train (DiffusionDB SD 1.x vs COCO/ImageNet photos) split 70/15/15;
+# A detector for real images. real-train (DiffusionDB SD 1.x vs COCO/ImageNet photos) split 70/15/15;
 # real-sample (other generators and photos) is the out-of-source check. About 50 minutes on 2 CPU cores.
 REAL_TRAIN  ?= ../shared/data/real-train
 REAL_SAMPLE ?= ../shared/data/real-sample
 REAL        := data/real
 REAL_EVAL   := reports/real/eval
 
-real: real-data real-train real-eval ## issue 9: train lite0 + residual + ensemble on real-train, evaluate on real-sample, model card
+real: real-data real-train real-eval ## real images: train lite0 + residual + ensemble on real-train, evaluate on real-sample, model card
 
 real-data: $(VENV)/.installed ## index and split real-train (70/15/15), index real-sample, data report
 	@test -d $(REAL_TRAIN) || { echo "no $(REAL_TRAIN): set REAL_TRAIN=/path/to/real-train"; exit 2; }

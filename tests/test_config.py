@@ -50,3 +50,14 @@ def test_settings_read_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().mlflow_tracking_uri == "sqlite:///mlflow.db"
     monkeypatch.setenv("DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1/test")
     assert Settings().database_url.startswith("postgresql+psycopg")
+
+
+@pytest.mark.parametrize(
+    "path", sorted(Path(__file__).parents[1].joinpath("jobs", "configs").glob("*.yaml")), ids=lambda p: p.name
+)
+def test_every_shipped_experiment_config_is_valid(path: Path) -> None:
+    from genart.models.zoo import get_entry
+
+    config = load_config(path, environ={})
+    get_entry(config.model.name)  # a zoo model
+    assert config.train.probe_epochs < config.train.epochs

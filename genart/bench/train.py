@@ -74,6 +74,7 @@ def _plot(steady: dict[str, float], path: Path) -> Path:
         ax.annotate(label, (w, r), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     ax.axhline(steady["plain"], color="tab:orange", ls="--", label="plain PyTorch loop")
     ax.set_xticks(workers)
+    ax.set_xlim(0.6, 2.4)
     ax.set_xlabel("Ray Train workers")
     ax.set_ylabel("training images per second")
     ax.set_ylim(0, max(*ray_rates, steady["plain"]) * 1.25)
