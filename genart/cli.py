@@ -326,6 +326,7 @@ def evaluate_cmd(
         ROBUSTNESS,
         calibrate,
         evaluate,
+        manifest_label,
         recorded_calibration,
         write_evaluation,
     )
@@ -357,7 +358,7 @@ def evaluate_cmd(
         loaded, rows, split=split or "all", robustness=ROBUSTNESS if robustness else (), workers=workers,
         progress=True, calibration=calibration,
     )  # fmt: skip
-    result.data = data.name.removesuffix(".parquet").removesuffix(".split")
+    result.data = manifest_label(data)
     report = write_evaluation(result, out or Path("reports/eval") / f"{loaded.meta.name}-{split or 'all'}")
     typer.echo(_eval_table(result))
     if result.attribution is not None:

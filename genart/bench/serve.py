@@ -275,8 +275,8 @@ def hottest_functions(raw: Path, top: int = 6) -> list[tuple[str, float]]:
         stack, _, n = line.rpartition(" ")
         if not stack or not n.isdigit():
             continue
-        leaf = stack.rsplit(";", 1)[-1]
-        leaf = leaf.split(" (")[0] + " (" + leaf.split(" (")[-1].split("/")[-1] if " (" in leaf else leaf
+        function, _, where = stack.rsplit(";", 1)[-1].partition(" (")
+        leaf = f"{function} ({where.rsplit('/', 1)[-1]}" if where else function  # file name, not its path
         counts[leaf] = counts.get(leaf, 0) + int(n)
         total += int(n)
     ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]

@@ -14,6 +14,7 @@ written with :func:`genart.evaluate.evaluation.write_evaluation`, so its reports
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -26,7 +27,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from genart.data.index import read_manifest, usable
-from genart.evaluate.evaluation import EvaluationResult, write_evaluation
+from genart.evaluate.evaluation import EvaluationResult, manifest_label, write_evaluation
 from genart.evaluate.metrics import binary_metrics, choose_threshold, per_generator
 
 __all__ = ["BASELINES", "Baseline", "content_features", "fit_baseline", "metadata_matrix", "run_baseline"]
@@ -67,6 +68,16 @@ def metadata_matrix(rows: pd.DataFrame) -> np.ndarray:
     return np.column_stack([np.asarray(c, dtype=np.float64) for c in columns])
 
 
+@functools.cache
+def _feature_model():
+    """Lite0 with its ImageNet weights and no head, built once per process (train, val and every scored set
+    use it)."""
+    from genart.models.zoo import build_model
+
+    model, spec = build_model("lite0", pretrained=True, num_classes=0, crop_policy="resize", input_size=224)
+    return model.eval(), spec
+
+
 def content_features(rows: pd.DataFrame, batch_size: int = 32, progress: bool = False) -> np.ndarray:
     """Pooled, frozen EfficientNet-Lite0 ImageNet features of each whole image (resized to 224)."""
     import torch
@@ -74,11 +85,9 @@ def content_features(rows: pd.DataFrame, batch_size: int = 32, progress: bool = 
     from tqdm.auto import tqdm
 
     from genart.data.pipeline import ManifestDataset
-    from genart.models.zoo import build_model
 
-    model, spec = build_model("lite0", pretrained=True, num_classes=0, crop_policy="resize", input_size=224)
-    model.eval()
-    dataset = ManifestDataset(rows.assign(target=rows["target"]), spec)
+    model, spec = _feature_model()
+    dataset = ManifestDataset(rows, spec)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     features = []
     with torch.inference_mode():
@@ -129,17 +138,16 @@ def run_baseline(
     for label, rows in sets.items():
         preds = rows[["path", "label", "generator", "target"]].copy()
         preds["prob"] = model.predict_proba(features(rows))[:, 1]
+        table = per_generator(preds, threshold)
         result = EvaluationResult(
             name=f"baseline-{kind}",
             split=label,
             threshold=threshold,
             overall=binary_metrics(preds["target"], preds["prob"], threshold),
-            per_generator=per_generator(preds, threshold),
-            robustness=pd.DataFrame(index=per_generator(preds, threshold).index),
+            per_generator=table,
+            robustness=pd.DataFrame(index=table.index),
             predictions=preds,
-            data=label
-            if label != "test"
-            else Path(data).name.removesuffix(".parquet").removesuffix(".split"),
+            data=label if label != "test" else manifest_label(data),
         )
         write_evaluation(result, Path(out) / f"baseline-{kind}-{label}")
         results[label] = result

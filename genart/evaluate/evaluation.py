@@ -27,6 +27,7 @@ __all__ = [
     "EvaluationResult",
     "calibrate",
     "evaluate",
+    "manifest_label",
     "recorded_calibration",
     "write_evaluation",
 ]
@@ -55,6 +56,11 @@ class EvaluationResult:
     attribution: pd.DataFrame | None = None
     plots: list[Path] = field(default_factory=list)
     data: str | None = None  # which data, e.g. the manifest's name: reports on other sources say so
+
+
+def manifest_label(manifest: str | Path) -> str:
+    """What a report calls the data it scored: the manifest's name without ``.split.parquet``."""
+    return Path(manifest).name.removesuffix(".parquet").removesuffix(".split")
 
 
 def logit_columns(preds: pd.DataFrame) -> list[str]:
