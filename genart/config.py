@@ -15,9 +15,15 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = [
+    "MAX_ASPECT_RATIO",
+    "MAX_BIT_DEPTH",
+    "MAX_FRAMES",
     "MAX_IMAGE_PIXELS",
+    "MAX_PREPROCESS_BYTES",
+    "MAX_TIFF_BLOCKS",
     "AugmentConfig",
     "DataConfig",
+    "DecodeLimits",
     "GenartConfig",
     "ModelConfig",
     "ServeConfig",
@@ -33,10 +39,43 @@ CropPolicy = Literal["crop", "resize"]
 
 #: Larger images are refused before any pixel is decoded (decompression bombs). 64 MP covers camera photos.
 MAX_IMAGE_PIXELS = 64_000_000
+#: A 1 x N strip is resized to N x 256 by a model that resizes the short side: 74000 x 1 would need 19 GB.
+MAX_ASPECT_RATIO = 100.0
+#: Only the first frame is decoded, but counting and seeking frames costs time per frame.
+MAX_FRAMES = 10_000
+#: Bits per sample; 32-bit integer and float images have no place in a photo detector.
+MAX_BIT_DEPTH = 16
+#: A TIFF of a million one-row strips costs a decoder call per strip.
+MAX_TIFF_BLOCKS = 65_536
+#: The sum of the intermediates one image's preprocessing allocates: decoded image, resize output, tensor.
+MAX_PREPROCESS_BYTES = 384 * 2**20
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DecodeLimits(BaseModel):
+    """The decoding budget, checked from an image's header before any pixel is decoded.
+
+    One set of caps for serving, ``genart predict``, ``genart evaluate``, the index and the Ray Data pipeline
+    (:func:`genart.data.headers.check_budget`). A refusal names the field and the image's value.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_pixels: int = Field(MAX_IMAGE_PIXELS, ge=1, description="decompression-bomb cap, in pixels")
+    max_aspect_ratio: float = Field(MAX_ASPECT_RATIO, ge=1, description="long side / short side")
+    max_frames: int = Field(
+        MAX_FRAMES, ge=1, description="frames an animation may claim (GIF, APNG, WEBP, TIFF)"
+    )
+    max_bit_depth: int = Field(MAX_BIT_DEPTH, ge=1, description="bits per sample")
+    max_tiff_blocks: int = Field(MAX_TIFF_BLOCKS, ge=1, description="strips or tiles of one TIFF")
+    max_preprocess_bytes: int = Field(
+        MAX_PREPROCESS_BYTES,
+        ge=1,
+        description="sum of the intermediates: decoded image, resize output, tensor",
+    )
 
 
 class DataConfig(_Section):

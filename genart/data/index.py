@@ -9,7 +9,6 @@ CSVs) are counted as ``skipped`` and listed in the Parquet metadata.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from collections import deque
@@ -23,10 +22,11 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm.auto import tqdm
 
-from genart.config import MAX_IMAGE_PIXELS
+from genart.config import DecodeLimits
+from genart.data.headers import check_budget, open_image, read_header
 from genart.data.layout import IMAGE_EXTENSIONS, parse_path
 
 __all__ = [
@@ -186,25 +186,22 @@ def describe_file(path: str, root: str) -> dict[str, object]:
         return row
     row["format"] = sniff_format(data[:32])
     try:
-        with Image.open(io.BytesIO(data)) as image:
+        limits = DecodeLimits()
+        with open_image(data, limits) as image:
+            header = read_header(image, data)
             row["format"] = image.format or row["format"]
             row["mode"] = image.mode
-            orientation = int(image.getexif().get(0x0112, 1) or 1)
-            row["orientation"] = orientation
-            width, height = image.size
+            row["orientation"] = header.orientation
             # EXIF orientations 5-8 rotate by 90 degrees: report the size a viewer (and decode) shows.
-            row["width"], row["height"] = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
-            if width * height > MAX_IMAGE_PIXELS:
-                raise Image.DecompressionBombError(
-                    f"{width}x{height} pixels is above genart's limit of {MAX_IMAGE_PIXELS}"
-                )
+            row["width"], row["height"] = header.upright_size
             if image.format == "JPEG":
                 row["jpeg_quality"] = estimate_jpeg_quality(getattr(image, "quantization", None))
                 image.draft("RGB", (64, 64))  # DCT scaling: the full stream is read, at a fraction of the cost
+            check_budget(header, limits, decoded_size=image.size)
             image.load()
             row["dhash"] = _dhash(image)
             row["readable"] = True
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
+    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
         row["error"] = f"{type(exc).__name__}: {exc}"
     except Exception as exc:  # a decoder bug must not stop a scan of 100k files
         row["error"] = f"{type(exc).__name__}: {exc}"

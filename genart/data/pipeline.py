@@ -82,15 +82,16 @@ def decode_batch(
 ) -> dict[str, np.ndarray]:
     """Read, decode and transform a batch of manifest rows into ``image`` (N, 3, H, W float32) and labels.
 
-    A file that no longer decodes (changed since it was indexed) is dropped with a warning, so one bad file
+    A file that no longer decodes (changed since it was indexed), or whose header passes the decoding budget, is dropped with a warning, so one bad file
     cannot kill a multi-hour training run.
     """
     transform = _transform(spec, training, augment)
+    specs = [InputSpec.from_dict(spec)]
     images, keep = [], []
     for i, path in enumerate(batch["path"]):
         try:
             with open(path, "rb") as f:
-                images.append(transform(decode_image(f.read())).numpy())
+                images.append(transform(decode_image(f.read(), specs, augmented=training)).numpy())
             keep.append(i)
         except (OSError, ImageDecodeError) as exc:
             log.warning("skipping %s: %s", path, exc)
@@ -163,13 +164,14 @@ class ManifestDataset(Dataset):
         self.targets = rows["target"].astype("int64").tolist()
         self.generators = rows["generator"].tolist()
         self.transform = train_transform(spec, augment) if training else eval_transform(spec)
+        self.specs, self.augmented = [spec], training or degrade is not None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         with open(self.paths[i], "rb") as f:
-            image = decode_image(f.read())
+            image = decode_image(f.read(), self.specs, augmented=self.augmented)
         if self.degrade is not None:
             image = self.degrade(image)
         return self.transform(image), self.targets[i]

@@ -15,25 +15,37 @@ from __future__ import annotations
 import functools
 import io
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, ImageOps
 from timm.data import create_transform
 from torchvision import transforms as T
 
-from genart.config import MAX_IMAGE_PIXELS, AugmentConfig
+from genart.config import AugmentConfig, DecodeLimits
+from genart.data.headers import (
+    REDUCIBLE_MODES,
+    ImageBudgetError,
+    ImageDecodeError,
+    ImageHeader,
+    check_budget,
+    open_image,
+    read_header,
+    reduce_factor,
+)
 
 __all__ = [
     "DEGRADATIONS",
+    "ImageBudgetError",
     "ImageDecodeError",
     "InputSpec",
     "RandomBlur",
     "RandomJPEG",
     "RandomRescale",
     "decode_image",
+    "decode_with_header",
     "eval_transform",
     "jpeg_resave",
     "rescale",
@@ -42,10 +54,6 @@ __all__ = [
 
 
 Transform = Callable[[Image.Image], torch.Tensor]
-
-
-class ImageDecodeError(ValueError):
-    """The bytes are not an image genart can use. The message says why, for a 4xx answer or a manifest row."""
 
 
 @dataclass(frozen=True)
@@ -84,29 +92,52 @@ class InputSpec:
         return cls(**known)
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode bytes to an upright RGB image, or raise :class:`ImageDecodeError` saying why.
+def decode_image(
+    data: bytes,
+    specs: Sequence[InputSpec] = (),
+    limits: DecodeLimits | None = None,
+    augmented: bool = False,
+) -> Image.Image:
+    """Decode bytes to an upright RGB image within the decoding budget (see :func:`decode_with_header`)."""
+    return decode_with_header(data, specs, limits, augmented)[0]
 
-    EXIF orientation is applied, palette/CMYK/greyscale become RGB, and transparency is composited on
-    white. The pixel count is checked from the header, before any pixel is decoded.
+
+def decode_with_header(
+    data: bytes,
+    specs: Sequence[InputSpec] = (),
+    limits: DecodeLimits | None = None,
+    augmented: bool = False,
+) -> tuple[Image.Image, ImageHeader]:
+    """Decode bytes to an upright RGB image within the decoding budget, or raise :class:`ImageDecodeError`.
+
+    Returns the image and the header it was decoded from (the image may be smaller than the header says).
+
+    The header is read first and :func:`~genart.data.headers.check_budget` refuses, with
+    :class:`ImageBudgetError`, anything whose decode and transform for ``specs`` would pass ``limits``;
+    only then is a pixel decoded. When every spec resizes, and the image is not ``augmented`` (training and
+    the robustness degradations work on the full image), decoding takes the cheapest path to the model's input: JPEG DCT scaling (``draft``)
+    and a box reduce, both stopping at twice the resize target, as Pillow's thumbnail does.
+
+    EXIF orientation is applied, palette/CMYK/greyscale become RGB, and transparency is composited on white.
     """
-    if not data:
-        raise ImageDecodeError("empty file")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not a recognised image format") from exc
-    except (Image.DecompressionBombError, OSError, ValueError, SyntaxError) as exc:
-        raise ImageDecodeError(f"cannot open image: {exc}") from exc
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageDecodeError(f"image is {width}x{height} = {width * height} pixels, above the {max_pixels} limit")
-    if width < 1 or height < 1:
-        raise ImageDecodeError("image has no pixels")
+    limits = limits or DecodeLimits()
+    image = open_image(data, limits)
+    header = read_header(image, data, limits.max_frames)
+    factor = 1 if augmented else reduce_factor((header.width, header.height), specs)
+    drafted = None
+    if factor > 1 and header.format in ("JPEG", "MPO"):
+        image.draft(None, (header.width // factor, header.height // factor))
+        drafted = image.size
+    check_budget(header, limits, specs, augmented, decoded_size=drafted)
     try:
         image.load()
+        factor = 1 if augmented else reduce_factor(image.size, specs)
+        if factor > 1:
+            if image.mode not in REDUCIBLE_MODES:
+                image = image.convert("I" if image.mode.startswith("I;16") else "RGBA" if header.transparency else "RGB")
+            image = image.reduce(factor)
         image = ImageOps.exif_transpose(image)
-        return _to_rgb(image)
+        return _to_rgb(image), header
     except (Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from genart.config import MAX_IMAGE_PIXELS
-from genart.data.transforms import ImageDecodeError, InputSpec, decode_image, eval_transform
+from genart.config import MAX_IMAGE_PIXELS, DecodeLimits
+from genart.data.transforms import ImageDecodeError, InputSpec, decode_with_header, eval_transform
 
 __all__ = ["ModelDeployment", "Prepared", "Preprocessor", "prepare_image", "spec_key"]
 
@@ -48,19 +48,25 @@ class Prepared:
 
 
 def prepare_image(
-    data: bytes, specs: dict[str, dict[str, Any]], max_pixels: int = MAX_IMAGE_PIXELS
+    data: bytes, specs: dict[str, dict[str, Any]], limits: DecodeLimits | None = None
 ) -> Prepared:
-    """Decode ``data`` once, then apply each spec's eval transform. Bad bytes set ``error``, never raise."""
+    """Decode ``data`` once within the budget for every spec, then apply each spec's eval transform.
+
+    Bad bytes, or bytes whose header claims more than ``limits`` allow, set ``error``; it never raises.
+    """
     start = time.perf_counter()
     prepared = Prepared(sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+    input_specs = {key: InputSpec.from_dict(raw) for key, raw in specs.items()}
     try:
-        image = decode_image(data, max_pixels=max_pixels)
+        image, header = decode_with_header(data, list(input_specs.values()), limits)
+        prepared.width, prepared.height = header.upright_size
+        prepared.format = header.format
+        for key, spec in input_specs.items():
+            prepared.tensors[key] = eval_transform(spec)(image).numpy()
     except ImageDecodeError as exc:
         prepared.error = str(exc)
+        prepared.tensors = {}
         return prepared
-    prepared.width, prepared.height = image.size
-    for key, raw in specs.items():
-        prepared.tensors[key] = eval_transform(InputSpec.from_dict(raw))(image).numpy()
     prepared.decode_ms = (time.perf_counter() - start) * 1000
     return prepared
 
@@ -70,16 +76,19 @@ class Preprocessor:
     """Decodes and validates uploads, off the ingress' event loop (a thread per request)."""
 
     def __init__(self, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
-        self.max_pixels = max_pixels
+        self.limits = DecodeLimits(max_pixels=max_pixels)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.max_pixels = int(user_config.get("max_pixels", self.max_pixels))
+        if "max_pixels" in user_config:
+            self.limits = DecodeLimits(
+                **{**self.limits.model_dump(), "max_pixels": user_config["max_pixels"]}
+            )
 
     def ping(self) -> bool:
         return True
 
     async def prepare(self, data: bytes, specs: dict[str, dict[str, Any]]) -> Prepared:
-        return await asyncio.to_thread(prepare_image, data, specs, self.max_pixels)
+        return await asyncio.to_thread(prepare_image, data, specs, self.limits)
 
 
 def _weights_version(local_dir: Any) -> str:

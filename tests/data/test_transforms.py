@@ -4,7 +4,7 @@ import timm
 import torch
 from PIL import Image
 
-from genart.config import AugmentConfig
+from genart.config import AugmentConfig, DecodeLimits
 from genart.data.transforms import (
     ImageDecodeError,
     InputSpec,
@@ -95,7 +95,7 @@ def test_decode_rejects_bad_bytes_with_a_reason(data: bytes, message: str) -> No
 
 def test_decode_respects_a_lower_pixel_limit() -> None:
     with pytest.raises(ImageDecodeError, match="limit"):
-        decode_image(image_bytes((100, 100)), max_pixels=5000)
+        decode_image(image_bytes((100, 100)), limits=DecodeLimits(max_pixels=5000))
 
 
 def test_degradations_change_pixels_as_described() -> None:

@@ -12,7 +12,7 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from genart.config import ServeConfig
+from genart.config import DecodeLimits, ServeConfig
 from genart.data.transforms import InputSpec
 from genart.evaluate.ensemble import combine
 from genart.serve.api import LimitsMiddleware, default_threshold, ensemble_verdict
@@ -52,7 +52,9 @@ def test_prepare_image_decodes_once_and_makes_each_spec_tensor() -> None:
      (image_bytes(fmt="JPEG")[:200], "truncated")],
 )  # fmt: skip
 def test_prepare_image_reports_bad_bytes_without_raising(data: bytes, reason: str) -> None:
-    prepared = prepare_image(data, {"a": InputSpec(input_size=32).to_dict()}, max_pixels=10_000_000)
+    prepared = prepare_image(
+        data, {"a": InputSpec(input_size=32).to_dict()}, DecodeLimits(max_pixels=10_000_000)
+    )
     assert prepared.error and reason in prepared.error.lower() and not prepared.tensors
 
 
