@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install lint format test test-fast demo data bench bench-data bench-train bench-serve real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
+.PHONY: help install install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -33,6 +33,17 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install genart with its dev tools (about 2 minutes cold)
+
+# TFLite export needs litert-torch, its interpreter and quantizer (jax, transformers, ...): a venv of its own
+# keeps `make install` as fast as it is. `genart export --format tflite` runs from it.
+EDGE_VENV ?= .venv-edge
+$(EDGE_VENV)/.installed: pyproject.toml
+	python3 -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/pip install --upgrade --quiet pip
+	$(EDGE_VENV)/bin/pip install --quiet -e '.[edge]' 'pytest>=8' 'pytest-timeout>=2.3'
+	touch $@
+
+install-edge: $(EDGE_VENV)/.installed ## .venv-edge: genart with the TFLite extra genart[edge] (3-6 minutes, about 8 GB)
 
 lint: $(VENV)/.installed ## ruff format check and lint
 	$(VENV)/bin/ruff format --check .
@@ -167,6 +178,10 @@ UI_PORT ?= 8501
 
 ui: $(VENV)/.installed ## the web demo on http://127.0.0.1:8501, a client of the API (make run_api first)
 	$(GENART) ui --port $(UI_PORT)
+
+test-edge: $(EDGE_VENV)/.installed ## TFLite export tests in .venv-edge: float and int8 parity, the zoo's conversions
+	$(EDGE_VENV)/bin/python -c "import litert_torch, ai_edge_litert, ai_edge_quantizer"
+	$(EDGE_VENV)/bin/pytest -q tests/models/test_export_tflite.py -p no:cacheprovider
 
 test-browser: $(VENV)/.installed ## the API and the page in headless Chromium; screenshots in reports/ui
 	$(VENV)/bin/pytest -q -m browser -p no:cacheprovider

@@ -372,21 +372,57 @@ def evaluate_cmd(
 @app.command("export")
 def export_cmd(
     artifact: Annotated[str, typer.Argument(help="artefact directory or models:/genart-<name>/<version>")],
-    format: Annotated[str, typer.Option("--format", help="onnx or torchscript")] = "onnx",
+    format: Annotated[str, typer.Option("--format", help="onnx, torchscript or tflite")] = "onnx",
     out: Annotated[Path | None, typer.Option(help="output folder (default: <artefact>/export)")] = None,
-    images: Annotated[int, typer.Option(help="images in the parity check")] = 32,
+    images: Annotated[
+        int | None, typer.Option(help="test images in the parity check (default 32; tflite: up to 512)")
+    ] = None,
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="split manifest: test split for parity, train split for int8 calibration "
+            "(default: the manifest the artefact was trained on)"
+        ),
+    ] = None,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="tflite: also an int8 model, judged by its test accuracy")
+    ] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="tflite: threads per runtime in the speed table")
+    ] = None,
 ) -> None:
-    """Export to ONNX (dynamic batch) or TorchScript, and check parity with PyTorch (max |dP| < 1e-4)."""
-    from genart.models.export import ParityError, export_artifact
+    """Export to ONNX (dynamic batch), TorchScript or TFLite, and check parity with PyTorch (max |dP| < 1e-4).
+
+    TFLite needs the genart[edge] extra (`make install-edge`, then .venv-edge/bin/genart); it also prints
+    batch-1 img/s of PyTorch, ONNX Runtime and TFLite on the same images.
+    """
+    from genart.models.export import EdgeExtraMissing, ParityError, export_artifact
 
     try:
-        result = export_artifact(artifact, format, out, images)  # type: ignore[arg-type]
-    except (FileNotFoundError, ValueError, ParityError) as exc:
+        result = export_artifact(artifact, format, out, images, data=data, int8=int8, threads=threads)  # type: ignore[arg-type]
+    except (FileNotFoundError, ValueError, ParityError, EdgeExtraMissing) as exc:
         _fail(str(exc))
     typer.echo(
-        f"exported {result.path} ({result.format}); parity on {result.images} images: "
+        f"exported {result.path} ({result.format}, {result.size_bytes / 1e6:.2f} MB); parity on "
+        f"{result.images} images ({result.source}): "
         f"max |P_{result.format} - P_torch| = {result.max_abs_diff:.2e} < 1e-4"
     )
+    if result.int8:
+        q = result.int8
+        typer.echo(
+            f"int8: {q.path} ({q.size_bytes / 1e6:.2f} MB, {q.calibration_images} calibration images); "
+            f"test accuracy {q.accuracy:.4f} vs {q.float_accuracy:.4f} float "
+            f"(tolerance -{q.tolerance * 100:.0f} points); |P_int8 - P_torch| mean {q.mean_abs_diff:.3f}, "
+            f"max {q.max_abs_diff:.3f}"
+        )
+    if result.speed:
+        from tabulate import tabulate
+
+        rows = [(name, f"{rate:.1f}") for name, rate in result.speed.items()]
+        typer.echo(
+            f"\nimg/s, batch 1, {result.threads} threads, the same {result.images} images:\n"
+            + tabulate(rows, headers=["runtime", "img/s"], tablefmt="github")
+        )
 
 
 @app.command("ensemble")

@@ -144,7 +144,10 @@ class ResidualDetector(nn.Module):
 
     @staticmethod
     def residual(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
-        small = F.interpolate(x, scale_factor=1 / factor, mode="nearest")
+        # Nearest down-sampling by an integer factor keeps every factor-th pixel: a strided slice computes the
+        # same tensor as F.interpolate(scale_factor=1/factor), and LiteRT can lower it (TFLite export).
+        height, width = x.shape[-2] // factor, x.shape[-1] // factor
+        small = x[..., : height * factor : factor, : width * factor : factor]
         return x - F.interpolate(small, size=x.shape[-2:], mode="nearest")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,5 +60,26 @@ def test_export_command_reports_parity_and_refuses_unknown_formats(tmp_path: Pat
     artifact = _artifact(tmp_path, "tiny")
     ok = CliRunner().invoke(app, ["export", str(artifact), "--format", "onnx", "--images", "8"])
     assert ok.exit_code == 0 and "< 1e-4" in ok.output
-    bad = CliRunner().invoke(app, ["export", str(artifact), "--format", "tflite"])
+    bad = CliRunner().invoke(app, ["export", str(artifact), "--format", "coreml"])
     assert bad.exit_code == 2 and "unknown export format" in bad.output
+
+
+def test_onnx_parity_runs_on_the_manifest_test_split(tmp_path: Path, synth_manifest: Path) -> None:
+    result = export_artifact(_artifact(tmp_path, "tiny"), "onnx", images=8, data=synth_manifest)
+    assert result.images == 8 and result.source == f"test split of {synth_manifest}"
+    report = json.loads((result.path.parent / "parity.json").read_text())
+    assert report["source"] == result.source and report["max_abs_diff_probability"] < 1e-4
+
+
+def test_tflite_without_the_edge_extra_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # import fails as if not installed
+    out = CliRunner().invoke(app, ["export", str(_artifact(tmp_path, "tiny")), "--format", "tflite"])
+    assert out.exit_code == 2 and "make install-edge" in out.output and "genart[edge]" in out.output
+    assert not (tmp_path / "tiny" / "export").exists()  # refused before any work
+
+
+def test_int8_is_refused_for_other_formats(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--int8 is for --format tflite"):
+        export_artifact(_artifact(tmp_path, "tiny"), "onnx", int8=True)

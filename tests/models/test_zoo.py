@@ -3,6 +3,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from genart.data.transforms import eval_transform
@@ -97,6 +98,15 @@ def test_residual_removes_content_and_keeps_pixel_texture() -> None:
     assert torch.count_nonzero(ResidualDetector.residual(flat_blocks)) == 0  # 2x2-constant content cancels
     checker = torch.tensor(np.indices((8, 8)).sum(0) % 2, dtype=torch.float32)[None, None]
     assert torch.count_nonzero(ResidualDetector.residual(checker)) == 32  # period-2 texture survives
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+@pytest.mark.parametrize("size", [(64, 64), (65, 63), (7, 10)])
+def test_residual_down_sampling_is_the_nearest_interpolation_as_a_strided_slice(size, factor: int) -> None:
+    x = torch.randn(2, 3, *size)
+    small = F.interpolate(x, scale_factor=1 / factor, mode="nearest")
+    expected = x - F.interpolate(small, size=size, mode="nearest")
+    assert torch.equal(ResidualDetector.residual(x, factor), expected)
 
 
 def test_artefact_errors_are_clear(tmp_path: Path) -> None:
