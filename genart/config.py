@@ -100,6 +100,9 @@ class AugmentConfig(_Section):
     jpeg_quality: tuple[int, int] = (65, 100)
     rescale_p: float = Field(0.2, ge=0, le=1)
     rescale_range: tuple[float, float] = (0.5, 1.0)
+    short_side: tuple[int, int] | None = Field(
+        None, description="resize the short side to a random length in this range (class-matched size)"
+    )
     blur_p: float = Field(0.1, ge=0, le=1)
     blur_sigma: tuple[float, float] = (0.1, 1.5)
 
@@ -123,6 +126,13 @@ class ModelConfig(_Section):
     crop_policy: CropPolicy | None = Field(None, description="override the zoo's input policy")
     input_size: int | None = Field(None, description="override the zoo's input size (square)")
     drop_rate: float = 0.0
+    taps: list[int] | None = Field(None, description="frozen-encoder models: blocks whose class token is read")
+    head_c: float = Field(
+        0.003, gt=0, description="frozen-encoder models: inverse L2 strength of the linear head (sklearn's C)"
+    )
+    train_views: int = Field(
+        1, ge=0, description="frozen-encoder models: augmented views per training image, besides the eval view"
+    )
 
 
 class TrainConfig(_Section):

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Iterator
-import multiprocessing
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ __all__ = [
     "IndexSummary",
     "describe_file",
     "estimate_jpeg_quality",
+    "index_roots",
     "index_tree",
     "process_pool",
     "read_manifest",
@@ -326,13 +327,52 @@ def index_tree(
     finally:
         bar.close()
         writer.close()
-    _set_metadata(tmp, {"root": root_str, "skipped": summary.skipped[:1000], "skipped_count": len(summary.skipped)})
+    _set_metadata(
+        tmp, {"root": root_str, "skipped": summary.skipped[:1000], "skipped_count": len(summary.skipped)}
+    )
     os.replace(tmp, out_path)
     return summary
 
 
+def index_roots(
+    roots: list[str | Path],
+    out: str | Path,
+    workers: int | None = None,
+    provenance: list[str | Path] | None = None,
+    progress: bool = True,
+) -> IndexSummary:
+    """:func:`index_tree` over several roots into one manifest, with provenance columns joined by sha256."""
+    if len(roots) == 1 and not provenance:
+        return index_tree(roots[0], out, workers=workers, progress=progress)
+    from genart.data.provenance import attach_provenance
+
+    out_path = Path(out)
+    frames, summary = [], IndexSummary(manifest=out_path)
+    for i, root in enumerate(roots):
+        part = out_path.with_suffix(f".{i}.partial")
+        one = index_tree(root, part, workers=workers, progress=progress)
+        frames.append(read_manifest(part))
+        part.unlink()
+        for count in ("files", "unreadable", "ext_mismatch", "unlabelled"):
+            setattr(summary, count, getattr(summary, count) + getattr(one, count))
+        summary.skipped.extend(one.skipped)
+    manifest = pd.concat(frames, ignore_index=True)
+    if provenance:
+        manifest = attach_provenance(manifest, provenance)
+    manifest.attrs["genart"] = {
+        "roots": [os.path.abspath(os.fspath(r)) for r in roots],
+        "provenance": [os.path.abspath(os.fspath(p)) for p in provenance or []],
+        "skipped": summary.skipped[:1000],
+        "skipped_count": len(summary.skipped),
+    }
+    write_manifest(manifest, out_path)
+    return summary
+
+
 def _write_with_metadata(table: pa.Table, info: dict[str, object], path: Path) -> None:
-    pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), b"genart": json.dumps(info)}), path)
+    pq.write_table(
+        table.replace_schema_metadata({**(table.schema.metadata or {}), b"genart": json.dumps(info)}), path
+    )
 
 
 def _set_metadata(path: Path, info: dict[str, object]) -> None:

@@ -18,7 +18,14 @@ from torch.utils.data import Dataset
 from genart.config import AugmentConfig
 from genart.data.index import read_manifest, usable
 from genart.data.layout import LABEL_AI, label_to_target
-from genart.data.transforms import DEGRADATIONS, ImageDecodeError, InputSpec, decode_image, eval_transform, train_transform
+from genart.data.transforms import (
+    DEGRADATIONS,
+    ImageDecodeError,
+    InputSpec,
+    decode_image,
+    eval_transform,
+    train_transform,
+)
 
 __all__ = ["ManifestDataset", "decode_batch", "make_dataset", "select_rows"]
 

@@ -15,7 +15,7 @@ import pandas as pd
 
 from genart.data.index import usable
 
-__all__ = ["SPLITS", "SplitResult", "assign_splits", "leaked_hashes", "near_duplicates"]
+__all__ = ["SPLITS", "SplitResult", "assign_splits", "group_keys", "leaked_hashes", "near_duplicates"]
 
 SPLITS: tuple[str, str, str] = ("train", "val", "test")
 SplitMode = Literal["stratified", "folders"]
@@ -46,7 +46,9 @@ def _targets(n: int, ratios: tuple[float, ...]) -> list[int]:
     return counts
 
 
-def _deal(groups: pd.DataFrame, names: tuple[str, ...], ratios: tuple[float, ...], seed: int) -> dict[str, str]:
+def _deal(
+    groups: pd.DataFrame, names: tuple[str, ...], ratios: tuple[float, ...], seed: int
+) -> dict[str, str]:
     """Deal sha256 groups of one stratum into splits by seeded order, filling each split to its target."""
     groups = groups.assign(_rank=[_rank(h, seed) for h in groups["sha256"]]).sort_values("_rank")
     targets = _targets(int(groups["n"].sum()), ratios)
@@ -61,15 +63,25 @@ def _deal(groups: pd.DataFrame, names: tuple[str, ...], ratios: tuple[float, ...
     return assignment
 
 
-def _stratified(rows: pd.DataFrame, names: tuple[str, ...], ratios: tuple[float, ...], seed: int) -> pd.Series:
+def group_keys(rows: pd.DataFrame) -> pd.Series:
+    """What stays in one split: the file's ``origin`` (crops of one picture) where known, else its sha256."""
+    if "origin" in rows:
+        return rows["origin"].where(rows["origin"].notna(), rows["sha256"]).astype(str)
+    return rows["sha256"].astype(str)
+
+
+def _stratified(
+    rows: pd.DataFrame, names: tuple[str, ...], ratios: tuple[float, ...], seed: int
+) -> pd.Series:
     assignment: dict[str, str] = {}
-    # A hash seen in several strata is dealt once, with the first stratum (in sorted order) it appears in.
-    first = rows.sort_values(["generator", "label", "sha256"]).drop_duplicates("sha256")
+    keyed = rows.assign(_key=group_keys(rows))
+    # A group seen in several strata is dealt once, with the first stratum (in sorted order) it appears in.
+    first = keyed.sort_values(["generator", "label", "_key"]).drop_duplicates("_key")
     for _, stratum in first.groupby(["generator", "label"], sort=True):
-        sizes = rows[rows["sha256"].isin(stratum["sha256"])].groupby("sha256").size()
+        sizes = keyed[keyed["_key"].isin(stratum["_key"])].groupby("_key").size()
         groups = pd.DataFrame({"sha256": sizes.index, "n": sizes.to_numpy()})
         assignment.update(_deal(groups, names, ratios, seed))
-    return rows["sha256"].map(assignment)
+    return keyed["_key"].map(assignment)
 
 
 def assign_splits(
@@ -96,8 +108,9 @@ def assign_splits(
     if mode == "stratified":
         out.loc[rows.index, "split"] = _stratified(rows, SPLITS, ratios, seed)
     else:
-        held_out = set(rows.loc[rows["source_split"].isin(["val", "test"]), "sha256"])
-        test_rows = rows[rows["sha256"].isin(held_out)]
+        keys = group_keys(rows)
+        held_out = set(keys[rows["source_split"].isin(["val", "test"])])
+        test_rows = rows[keys.isin(held_out)]
         out.loc[test_rows.index, "split"] = "test"
         train_rows = rows.drop(test_rows.index)
         val_share = ratios[1] / (ratios[0] + ratios[1]) if ratios[0] + ratios[1] > 0 else 0.0

@@ -44,6 +44,7 @@ __all__ = [
     "RandomBlur",
     "RandomJPEG",
     "RandomRescale",
+    "RandomShortSide",
     "decode_image",
     "decode_with_header",
     "eval_transform",
@@ -204,6 +205,19 @@ class RandomRescale:
         return rescale(image, random.uniform(*self.scale))
 
 
+class RandomShortSide:
+    """Resize so the short side is a random length in ``sides`` (both classes alike, so that native size and
+    the down-scaling it implies cannot separate them); ``None`` leaves the image as it is."""
+
+    def __init__(self, sides: tuple[int, int] | None) -> None:
+        self.sides = sides
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        if self.sides is None:
+            return image
+        return rescale(image, random.randint(*self.sides) / min(image.size))
+
+
 class RandomBlur:
     """With probability ``p``, Gaussian blur with a sigma drawn from ``sigma``."""
 
@@ -272,6 +286,7 @@ def train_transform(spec: InputSpec, augment: AugmentConfig | None = None) -> Tr
     degrade = [
         RandomBlur(aug.blur_p, aug.blur_sigma),
         RandomRescale(aug.rescale_p, aug.rescale_range),
+        RandomShortSide(aug.short_side),
         RandomJPEG(aug.jpeg_p, aug.jpeg_quality),
     ]
     if spec.crop_policy == "crop":

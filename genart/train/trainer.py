@@ -25,7 +25,14 @@ from genart.config import GenartConfig, Settings
 from genart.data.layout import CLASSES
 from genart.data.pipeline import make_dataset, select_rows
 from genart.evaluate.evaluation import EvaluationResult, calibrate, evaluate, write_evaluation
-from genart.models.artifact import ArtifactMeta, load_artifact, manifest_fingerprint, read_meta, save_artifact
+from genart.models.artifact import (
+    ArtifactMeta,
+    LoadedModel,
+    load_artifact,
+    manifest_fingerprint,
+    read_meta,
+    save_artifact,
+)
 from genart.models.zoo import build_from_config, get_entry
 from genart.train.loop import train_loop_per_worker
 
@@ -263,8 +270,24 @@ def fit(
     artifact_dir = Path(out) / (artifact_name or run_name)
     with best.as_directory() as ckpt:
         loaded = load_artifact(ckpt, device="cuda" if torch.cuda.is_available() else "cpu")
-    classes = loaded.meta.classes
     workers = min(4, os.cpu_count() or 1)  # decoding for calibration and evaluation runs on the driver
+    return finish_artifact(loaded, config, manifest, artifact_dir, run_name, mlflow_info, history,
+                           evaluate_test=evaluate_test, workers=workers)  # fmt: skip
+
+
+def finish_artifact(
+    loaded: LoadedModel,
+    config: GenartConfig,
+    manifest: Path,
+    artifact_dir: Path,
+    run_name: str,
+    mlflow_info: dict[str, str] | None,
+    history: pd.DataFrame,
+    evaluate_test: bool = True,
+    workers: int = 0,
+) -> FitResult:
+    """What every trained model goes through: calibration on val, evaluation on test, the artefact written."""
+    classes = loaded.meta.classes
     calibration = calibrate(loaded, _rows(config, manifest, "val", classes), workers=workers)
     loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold
     evaluation = None

@@ -1,0 +1,135 @@
+"""Training a frozen-encoder detector (zoo kind ``clip``): cached features, then a linear head.
+
+The encoder never changes, so each training image is encoded once per view (:mod:`genart.models.features`,
+Ray Data, cached by sha256) and the head is a logistic regression fitted by scikit-learn in seconds. The
+fitted head becomes a :class:`~genart.models.clip.ClipHead` (standardisation + one linear layer), and from
+there on the detector is an ordinary artefact: calibrated on validation, evaluated on test and written by
+the same functions as a fine-tuned network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from genart.config import GenartConfig
+from genart.data.pipeline import select_rows
+
+__all__ = ["fit_frozen", "fit_head", "frozen_detector", "training_matrix", "with_sha256"]
+
+log = logging.getLogger(__name__)
+
+
+def fit_head(features: np.ndarray, targets: np.ndarray, num_classes: int, c: float, seed: int = 0):
+    """A :class:`~genart.models.clip.ClipHead` fitted by an L2 logistic regression on standardised features.
+
+    Classes are weighted to balance. For two classes the logit of ``nature`` is fixed at 0, so the softmax
+    gives P(ai) = sigmoid(w·z + b), exactly the regression's probability.
+    """
+    from genart.models.clip import ClipHead
+
+    scaler = StandardScaler().fit(features)
+    z = scaler.transform(features)
+    model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000, random_state=seed).fit(z, targets)
+    head = ClipHead(features.shape[1], num_classes)
+    weight = np.zeros((num_classes, features.shape[1]), np.float32)
+    bias = np.zeros(num_classes, np.float32)
+    if num_classes == 2:
+        weight[1], bias[1] = model.coef_[0], model.intercept_[0]
+    else:
+        weight[model.classes_], bias[model.classes_] = model.coef_, model.intercept_
+    with torch.no_grad():
+        head.mean.copy_(torch.from_numpy(scaler.mean_.astype(np.float32)))
+        head.scale.copy_(torch.from_numpy(np.where(scaler.scale_ > 0, scaler.scale_, 1.0).astype(np.float32)))
+        head.linear.weight.copy_(torch.from_numpy(weight))
+        head.linear.bias.copy_(torch.from_numpy(bias))
+    return head
+
+
+def with_sha256(rows: pd.DataFrame, manifest: str | Path | pd.DataFrame) -> pd.DataFrame:
+    """``rows`` (from :func:`select_rows`) with each file's sha256 from the manifest."""
+    table = (
+        pd.read_parquet(manifest, columns=["path", "sha256"])
+        if not isinstance(manifest, pd.DataFrame)
+        else manifest
+    )
+    return rows.merge(table[["path", "sha256"]].drop_duplicates("path"), on="path", how="left")
+
+
+def frozen_detector(config: GenartConfig, num_classes: int):
+    """An untrained detector (encoder found, head empty) for ``config.model``."""
+    from genart.models.clip import DEFAULT_TAPS, ClipDetector, ClipEncoder, ClipHead
+
+    encoder = ClipEncoder(config.model.weights, taps=config.model.taps or DEFAULT_TAPS)
+    return ClipDetector(encoder, ClipHead(encoder.dim, num_classes))
+
+
+def training_matrix(detector, rows: pd.DataFrame, config: GenartConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Features of the eval view and ``train_views`` augmented views of ``rows``, with repeated targets."""
+    cache = detector.feature_cache(config.augment)
+    views = ["eval", *(f"train{k}" for k in range(config.model.train_views))]
+    features = np.concatenate([cache.matrix(rows, view) for view in views])
+    return features, np.tile(rows["target"].to_numpy(), len(views))
+
+
+def fit_frozen(
+    config: GenartConfig,
+    manifest: str | Path,
+    out: str | Path = "artifacts",
+    artifact_name: str | None = None,
+    evaluate_test: bool = True,
+):
+    """Encode (cached), fit the head, then calibrate, evaluate and save like :func:`genart.train.trainer.fit`."""
+    from genart.models.artifact import ArtifactMeta, LoadedModel, manifest_fingerprint
+    from genart.models.clip import CLIP_SPEC
+    from genart.train.trainer import finish_artifact, init_ray, model_classes
+
+    manifest = Path(manifest)
+    if not manifest.exists():
+        raise FileNotFoundError(f"no manifest at {manifest}: run `genart data index` and `genart data split`")
+    init_ray()
+    classes = model_classes(config, manifest)
+    data = config.data
+    rows = {
+        split: with_sha256(
+            select_rows(manifest, split, data.generators, data.exclude_generators, classes), manifest
+        )
+        for split in ("train", "val")
+    }
+    detector = frozen_detector(config, len(classes))
+    started = time.monotonic()
+    features, targets = training_matrix(detector, rows["train"], config)
+    encoded = time.monotonic() - started
+    detector.head = fit_head(features, targets, len(classes), config.model.head_c, data.seed)
+    log.info("head fitted on %d feature rows (%.0f s encoding, %.1f s fit)", len(features), encoded,
+             time.monotonic() - started - encoded)  # fmt: skip
+    run_name = config.train.run_name or f"{config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    meta = ArtifactMeta(
+        name=config.model.name,
+        kind="clip",
+        timm_id="",
+        encoder=detector.encoder.describe(),
+        input=CLIP_SPEC.to_dict(),
+        data_fingerprint=manifest_fingerprint(pd.concat([rows["train"], rows["val"]]).assign(
+            split=["train"] * len(rows["train"]) + ["val"] * len(rows["val"]))),
+        generators=sorted(rows["train"]["generator"].unique()),
+        classes=classes,
+        train_config=config.model_dump(mode="json"),
+        metrics={"train_feature_rows": len(features), "encode_seconds": round(encoded, 1)},
+    )  # fmt: skip
+    from genart.data.transforms import eval_transform
+
+    loaded = LoadedModel(detector.eval(), meta, CLIP_SPEC, eval_transform(CLIP_SPEC), source=run_name)
+    workers = min(4, os.cpu_count() or 1)
+    return finish_artifact(
+        loaded, config, manifest, Path(out) / (artifact_name or run_name), run_name, None, pd.DataFrame(),
+        evaluate_test=evaluate_test, workers=workers,
+    )  # fmt: skip

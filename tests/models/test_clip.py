@@ -1,0 +1,70 @@
+"""The frozen CLIP encoder (the real INT8 ONNX graph, fetched by `make weights`), its head and artefact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from genart.models.clip import (
+    CLIP_SPEC,
+    ClipDetector,
+    ClipEncoder,
+    ClipHead,
+    EncoderUnavailable,
+    locate_clip_onnx,
+    tapped_graph,
+)
+from genart.train.head import fit_head
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return ClipEncoder(taps=(6, 12))
+
+
+def test_missing_encoder_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENART_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.delenv("GENART_CLIP_ONNX", raising=False)
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(EncoderUnavailable, match="genart weights clip"):
+        locate_clip_onnx()
+
+
+def test_wrong_file_is_refused(tmp_path):
+    fake = tmp_path / "clip.onnx"
+    fake.write_bytes(b"not a model")
+    with pytest.raises(EncoderUnavailable, match="sha256"):
+        locate_clip_onnx(fake)
+
+
+def test_taps_are_class_tokens_of_blocks(encoder):
+    assert encoder.dim == 2 * 768
+    with pytest.raises(ValueError, match="blocks 1..12"):
+        tapped_graph(encoder.path, [13])
+
+
+def test_features_do_not_depend_on_the_batch(encoder):
+    rng = np.random.default_rng(0)
+    pixels = rng.normal(size=(3, 3, 224, 224)).astype(np.float32)
+    together = encoder.features(pixels)
+    alone = np.concatenate([encoder.features(p[None]) for p in pixels])
+    assert together.shape == (3, 1536)
+    np.testing.assert_array_equal(together, alone)
+    assert np.abs(together[0] - together[1]).max() > 1e-3  # different images, different features
+
+
+def test_head_reproduces_the_regression_and_survives_a_round_trip(encoder):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(80, encoder.dim)).astype(np.float32)
+    y = (x[:, 0] + 0.1 * rng.normal(size=80) > 0).astype(int)
+    head = fit_head(x, y, num_classes=2, c=1.0)
+    logits = head(torch.from_numpy(x)).detach().numpy()
+    assert (logits[:, 0] == 0).all()
+    assert ((logits[:, 1] > 0).astype(int) == y).mean() > 0.9
+    detector = ClipDetector(encoder, head)
+    restored = ClipDetector(encoder, ClipHead(encoder.dim, 2))
+    restored.load_state_dict(detector.state_dict())
+    assert set(detector.state_dict()) == {"head.mean", "head.scale", "head.linear.weight", "head.linear.bias"}
+    images = torch.randn(2, 3, CLIP_SPEC.input_size, CLIP_SPEC.input_size)
+    torch.testing.assert_close(detector(images), restored(images))

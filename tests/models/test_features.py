@@ -1,0 +1,76 @@
+"""The feature cache: keys, views, reuse, alignment with rows (a tiny deterministic encoder stands in)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genart.config import AugmentConfig
+from genart.data.transforms import InputSpec
+from genart.models.features import FeatureCache, view_transform
+
+SPEC = InputSpec(input_size=32, crop_pct=1.0)
+
+
+class MeanEncoder:
+    """Per-channel means and standard deviations: cheap, deterministic, sensitive to any pixel change."""
+
+    dim = 6
+    calls = 0
+
+    def features(self, pixels):
+        MeanEncoder.calls += len(pixels)
+        array = np.asarray(pixels, np.float32)
+        return np.concatenate([array.mean(axis=(2, 3)), array.std(axis=(2, 3))], axis=1)
+
+
+def _rows(tmp_path: Path, write_image, n=5) -> pd.DataFrame:
+    paths = [write_image(tmp_path / f"{i}.png", size=(64, 48), seed=i) for i in range(n)]
+    return pd.DataFrame({"path": [str(p) for p in paths],
+                         "sha256": [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]})  # fmt: skip
+
+
+def _cache(tmp_path, augment=None):
+    return FeatureCache(MeanEncoder, {"name": "mean"}, SPEC, augment, root=tmp_path / "cache")
+
+
+def test_cached_features_align_with_rows_and_are_reused(tmp_path, write_image):
+    rows = _rows(tmp_path, write_image)
+    cache = _cache(tmp_path)
+    first = cache.matrix(rows, "eval")
+    calls = MeanEncoder.calls
+    again = cache.matrix(rows.iloc[::-1].reset_index(drop=True), "eval")
+    assert MeanEncoder.calls == calls  # nothing encoded twice
+    np.testing.assert_array_equal(again, first[::-1])
+
+
+def test_views_differ_and_training_views_are_reproducible(tmp_path, write_image):
+    rows = _rows(tmp_path, write_image, n=3)
+    cache = _cache(tmp_path, AugmentConfig(jpeg_p=1.0, short_side=(40, 80)))
+    eval_view = cache.matrix(rows, "eval")
+    train = cache.matrix(rows, "train0")
+    assert not np.allclose(eval_view, train)
+    assert cache.key("train0") != cache.key("train1") != cache.key("eval")
+    assert cache.key("train0") != _cache(tmp_path, AugmentConfig(jpeg_p=0.5)).key("train0")
+    assert cache.key("eval") == _cache(tmp_path, AugmentConfig(jpeg_p=0.5)).key("eval")
+    transform = view_transform("train0", SPEC, AugmentConfig(jpeg_p=1.0, short_side=(40, 80)))
+    from PIL import Image
+
+    image = Image.open(rows["path"][0]).convert("RGB")
+    sha = rows["sha256"][0]
+    np.testing.assert_array_equal(transform(image, sha).numpy(), transform(image, sha).numpy())
+
+
+def test_unknown_view_and_missing_features(tmp_path, write_image):
+    rows = _rows(tmp_path, write_image, n=2)
+    with pytest.raises(ValueError, match="unknown view"):
+        view_transform("blurry", SPEC)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    bad = pd.concat([rows, pd.DataFrame({"path": [str(broken)], "sha256": ["f" * 64]})], ignore_index=True)
+    with pytest.raises(KeyError, match="no 'eval' features"):
+        _cache(tmp_path).matrix(bad, "eval")
