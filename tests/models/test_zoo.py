@@ -20,7 +20,15 @@ from genart.models.zoo import (
 HUB_MODELS = [name for name, entry in ZOO.items() if entry.weights == "hub"]
 
 
-@pytest.mark.parametrize("name", list(ZOO))
+TIMM_MODELS = [name for name, entry in ZOO.items() if entry.kind == "timm"]
+
+
+def test_frozen_encoder_models_are_not_built_as_networks() -> None:
+    with pytest.raises(ValueError, match="frozen-encoder"):
+        build_model("clip_b16", pretrained=False)
+
+
+@pytest.mark.parametrize("name", TIMM_MODELS)
 def test_every_zoo_model_builds_runs_and_round_trips_through_an_artefact(name: str, tmp_path: Path) -> None:
     model, spec = build_model(name, pretrained=False)
     model.eval()
