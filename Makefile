@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install weights install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
+.PHONY: help install weights install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve bench-budget real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -117,7 +117,7 @@ train-job: ## submit the demo training as a Ray job (after `make ray-up`, `make 
 		-- python jobs/train.py --config jobs/configs/demo-cpu.yaml --data $(abspath $(MANIFEST)) \
 		--out $(abspath artifacts) --set train.storage_path=$(abspath runs) $(ARGS)
 
-bench: bench-data bench-train bench-serve ## every benchmark (data, train, serve) into reports/bench, then reliability.md
+bench: bench-data bench-train bench-serve bench-budget ## every benchmark (data, train, serve, budget) into reports/bench, then reliability.md
 	$(PY) -m genart.bench.report --reports reports
 
 bench-data: $(VENV)/.installed ## Ray Data pipeline vs a PyTorch DataLoader on the same files and transform
@@ -125,6 +125,9 @@ bench-data: $(VENV)/.installed ## Ray Data pipeline vs a PyTorch DataLoader on t
 
 bench-train: $(VENV)/.installed ## Ray Train with 1 and 2 workers vs a plain PyTorch loop, same model and data
 	$(PY) -m genart.bench.train --out reports/bench
+
+bench-budget: $(VENV)/.installed ## hostile headers: peak memory and time of preprocessing each, before and with the decoding budget
+	$(PY) -m genart.bench.budget --out reports/bench
 
 bench-serve: $(VENV)/.installed ## Serve over HTTP (concurrency 1, 4, 16) vs the ceiling vs plain FastAPI; CPU per process, py-spy
 	$(PY) -m genart.bench.serve --out reports/bench --profile

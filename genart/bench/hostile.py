@@ -35,6 +35,7 @@ __all__ = [
 #: The largest side each builder's header can claim.
 FORMAT_MAX_SIDE = {
     "png": 2**31 - 1,
+    "png1": 2**31 - 1,
     "png16": 2**31 - 1,
     "jpeg": 65_535,
     "jpeg_progressive": 65_535,
@@ -162,6 +163,7 @@ def ico(width: int, height: int) -> bytes:
 #: Every builder by format name, called with the claimed width and height.
 BUILDERS: dict[str, Callable[[int, int], bytes]] = {
     "png": png,
+    "png1": lambda w, h: png(w, h, bit_depth=1, color_type=0),
     "png16": lambda w, h: png(w, h, bit_depth=16, color_type=2),
     "jpeg": jpeg,
     "jpeg_progressive": lambda w, h: jpeg(w, h, progressive=True),

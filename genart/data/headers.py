@@ -45,6 +45,9 @@ _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 #: Image.reduce() works on these; others (P, 1, I;16) are converted before they could be reduced.
 REDUCIBLE_MODES = {"L", "LA", "RGB", "RGBA", "RGBX", "I", "F", "CMYK", "La", "RGBa"}
 _RGB = 4  # Pillow stores RGB as four bytes per pixel
+#: Bytes per pixel a format's decoder holds besides Pillow's image: libwebp's animation decoder keeps two
+#: RGBA canvases and hands Pillow a third copy as bytes (measured: 982 MB for a 64 Mpx WEBP).
+_DECODER_BYTES_PER_PIXEL = {"WEBP": 3 * 4}
 
 
 class ImageDecodeError(ValueError):
@@ -254,12 +257,25 @@ def _count_frames(image: Image.Image, data: bytes | None, cap: int) -> int:
     return int(getattr(image, "n_frames", 1) or 1)  # APNG's acTL, WEBP's demuxer: read from the header
 
 
+def _orientation(image: Image.Image) -> int:
+    """EXIF orientation from the header. Pillow's ``getexif`` decodes a whole PNG to look for a late eXIf
+    chunk, so a PNG's is read only from an eXIf chunk before the pixels."""
+    if image.format == "PNG":
+        raw = image.info.get("exif")
+        if not raw:
+            return 1
+        exif = Image.Exif()
+        exif.load(raw)
+        return int(exif.get(0x0112, 1) or 1)
+    return int(image.getexif().get(0x0112, 1) or 1)
+
+
 def read_header(image: Image.Image, data: bytes | None = None, max_frames: int = MAX_FRAMES) -> ImageHeader:
     """Read an opened (not loaded) image's header. ``data`` lets PNG report its true bit depth and GIF its
     frames; frames are counted up to one past ``max_frames``."""
     try:
         frames = _count_frames(image, data, max_frames)
-        orientation = int(image.getexif().get(0x0112, 1) or 1)
+        orientation = _orientation(image)
         header = ImageHeader(
             format=image.format or "unknown",
             mode=image.mode,
@@ -323,7 +339,8 @@ def preprocess_cost(header: ImageHeader, specs: Sequence[SpecLike] = (), augment
     """
     width, height = header.width, header.height
     pixels = width * height
-    cost = header.coefficient_bytes + pixels * _bytes_per_pixel(header.mode)  # the decode
+    decoder = _DECODER_BYTES_PER_PIXEL.get(header.format, 0)
+    cost = header.coefficient_bytes + pixels * (decoder + _bytes_per_pixel(header.mode))  # the decode
     factor = 1 if augmented else reduce_factor((width, height), specs)
     if factor > 1:
         if header.mode not in REDUCIBLE_MODES:

@@ -116,8 +116,9 @@ def decode_with_header(
     The header is read first and :func:`~genart.data.headers.check_budget` refuses, with
     :class:`ImageBudgetError`, anything whose decode and transform for ``specs`` would pass ``limits``;
     only then is a pixel decoded. When every spec resizes, and the image is not ``augmented`` (training and
-    the robustness degradations work on the full image), decoding takes the cheapest path to the model's input: JPEG DCT scaling (``draft``)
-    and a box reduce, both stopping at twice the resize target, as Pillow's thumbnail does.
+    the robustness degradations work on the full image), decoding takes the cheapest path to the model's
+    input: JPEG DCT scaling (``draft``) and a box reduce, both stopping at twice the resize target, as
+    Pillow's thumbnail does.
 
     EXIF orientation is applied, palette/CMYK/greyscale become RGB, and transparency is composited on white.
     """
@@ -132,12 +133,14 @@ def decode_with_header(
     check_budget(header, limits, specs, augmented, decoded_size=drafted)
     try:
         image.load()
+        upright = (image.getexif().get(0x0112, 1) or 1) == 1  # after load: a PNG's eXIf may follow its pixels
         factor = 1 if augmented else reduce_factor(image.size, specs)
         if factor > 1:
             if image.mode not in REDUCIBLE_MODES:
                 image = image.convert("I" if image.mode.startswith("I;16") else "RGBA" if header.transparency else "RGB")
             image = image.reduce(factor)
-        image = ImageOps.exif_transpose(image)
+        if not upright:  # exif_transpose copies even an upright image
+            image = ImageOps.exif_transpose(image)
         return _to_rgb(image), header
     except (Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageDecodeError(f"corrupt or truncated image: {exc}") from exc

@@ -8,9 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from genart.bench import hostile
+from genart.bench.budget import SPEC_SETS, Sandbox
 from genart.config import DecodeLimits
 from genart.data.headers import ImageBudgetError, check_budget, open_image, read_header
 from genart.data.transforms import ImageDecodeError, InputSpec, decode_image, decode_with_header, eval_transform
@@ -115,3 +118,40 @@ def test_serving_reports_the_budget_error_without_raising() -> None:
 def test_the_index_checks_the_budget_without_importing_torch() -> None:
     code = "import sys, genart.data.index; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# Sides a header may claim: small, anywhere up to 100k, and each format's extremes (clipped per format).
+SIDES = st.one_of(
+    st.integers(1, 64), st.integers(1, 100_000), st.sampled_from([1, 2, 8_000, 16_384, 65_535, 2**31 - 1])
+)
+ANIMATED = {"png": hostile.png, "gif": hostile.gif}
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    with Sandbox() as box:
+        yield box
+
+
+@pytest.mark.slow
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    fmt=st.sampled_from(sorted(hostile.BUILDERS)),
+    width=SIDES,
+    height=SIDES,
+    frames=st.sampled_from([1, 1, 2, 10_001]),
+    specs=st.sampled_from(sorted(SPEC_SETS)),
+)
+def test_any_claimed_header_is_accepted_or_refused_within_512_mb(sandbox, fmt, width, height, frames, specs) -> None:
+    """Every format Pillow opens, any claimed size and aspect ratio: a usable image or a decode error, and a
+    preprocessing peak under 512 MB, measured in a forked child. Wall time is recorded, not asserted."""
+    width, height = min(width, hostile.FORMAT_MAX_SIDE[fmt]), min(height, hostile.FORMAT_MAX_SIDE[fmt])
+    if fmt in ANIMATED and frames > 1:
+        data = ANIMATED[fmt](width, height, frames=frames)
+    else:
+        data = hostile.BUILDERS[fmt](width, height)
+    result = sandbox.measure(data, "budgeted", specs)
+    note(f"{fmt} {width}x{height} x{frames} ({len(data)} bytes): {result}")
+    event(f"{result.status}, wall {'under' if (result.wall_s or 0) < 2 else 'over'} 2 s")
+    assert result.status in ("accepted", "refused", "error"), result
+    assert result.peak_mb is not None and result.peak_mb < 512, result
