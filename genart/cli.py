@@ -383,7 +383,6 @@ def evaluate_cmd(
     if artifact is None:
         _fail("give an ARTIFACT to evaluate (a directory or models:/genart-<name>/<version>)")
     from genart.data.pipeline import select_rows
-    from genart.evaluate.ensemble import LoadedEnsemble, load_model_or_ensemble
     from genart.evaluate.evaluation import (
         ROBUSTNESS,
         calibrate,
@@ -392,6 +391,7 @@ def evaluate_cmd(
         recorded_calibration,
         write_evaluation,
     )
+    from genart.models.ensemble import LoadedEnsemble, load_model_or_ensemble
 
     try:
         loaded = load_model_or_ensemble(artifact)
@@ -505,7 +505,8 @@ def ensemble_cmd(
     """Build an ensemble artefact and compare it with its members on the test split, per generator."""
     from pydantic import ValidationError
 
-    from genart.evaluate.ensemble import build_and_evaluate, save_ensemble
+    from genart.evaluate.ensemble import build_and_evaluate
+    from genart.models.ensemble import save_ensemble
 
     paths = [m for item in members for m in item.split(",") if m]
     try:
@@ -531,17 +532,17 @@ def compare_cmd(
     artifacts: Annotated[list[str], typer.Argument(help="two or more artefacts (paths or models:/ URIs)")],
     data: Annotated[Path, typer.Option(help="split manifest")],
     split: Annotated[str, typer.Option(help="split to compare on")] = "test",
+    fit_on: Annotated[str, typer.Option(help="split the mean ensemble's threshold is chosen on")] = "val",
     out: Annotated[Path, typer.Option(help="report folder")] = Path("reports/compare"),
     robustness: Annotated[bool, typer.Option("--robustness/--no-robustness")] = True,
     track: Annotated[bool, typer.Option("--track/--no-track", help="log the report to MLflow")] = True,
 ) -> None:
     """Compare models: metrics, ROC curves, confusion matrices, generator x model heatmap, speed, decision."""
-    from genart.data.pipeline import select_rows
     from genart.evaluate.compare import compare
     from genart.evaluate.evaluation import ROBUSTNESS
 
     try:
-        report = compare(artifacts, select_rows(data, split), out, split, ROBUSTNESS if robustness else ())
+        report = compare(artifacts, data, out, split, ROBUSTNESS if robustness else (), fit_on=fit_on)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(report.metrics.to_string(float_format=lambda v: f"{v:.3f}"))

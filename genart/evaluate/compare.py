@@ -1,8 +1,9 @@
 """The model comparison report: one Markdown page and its PNGs, from which a person can decide at a glance.
 
 It evaluates every artefact on the same split (metrics, per-generator accuracy, robustness), measures
-inference speed on this machine at batch 1 and 32, adds the mean ensemble of all of them, and writes a
-"decision" section generated from those numbers.
+inference speed on this machine at batch 1 and 32, adds the mean ensemble of all of them (its threshold
+chosen on validation, as ``genart ensemble`` does), and writes a "decision" section generated from those
+numbers.
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ import pandas as pd
 import torch
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
-from genart.evaluate.ensemble import combine
+from genart.data.pipeline import select_rows
+from genart.evaluate.ensemble import fit_ensemble
 from genart.evaluate.evaluation import ROBUSTNESS, evaluate
-from genart.evaluate.metrics import binary_metrics, choose_threshold, per_generator
+from genart.evaluate.metrics import binary_metrics, per_generator
 from genart.models.artifact import LoadedModel, load_artifact
+from genart.models.ensemble import combine, member_names
+from genart.models.predict import is_ai, label_for
 from genart.plots import annotated_heatmap, plt, save_figure
 
 __all__ = ["Agreement", "ComparisonReport", "compare", "inference_speed", "verdict_agreement"]
@@ -46,24 +50,22 @@ def inference_speed(loaded: LoadedModel, batch: int, repeats: int = 5) -> tuple[
     return batch / elapsed, 1000 * elapsed / batch
 
 
-def _names(loaded: list[LoadedModel]) -> list[str]:
-    names = [m.meta.name for m in loaded]
-    return [f"{n}#{i}" if names.count(n) > 1 else n for i, n in enumerate(names)]
-
-
 def compare(
     artifacts: list[str],
-    rows: pd.DataFrame,
+    manifest: str | Path | pd.DataFrame,
     out: str | Path,
     split: str = "test",
     robustness: tuple[str, ...] = ROBUSTNESS,
     speed: bool = True,
+    fit_on: str = "val",
 ) -> ComparisonReport:
-    """Evaluate ``artifacts`` on ``rows`` and write ``comparison.md`` with its PNGs into ``out``."""
+    """Evaluate ``artifacts`` on the manifest's ``split`` and write ``comparison.md`` with its PNGs into
+    ``out``; the mean ensemble's threshold is chosen on ``fit_on``."""
     out = Path(out)
+    rows, fit_rows = select_rows(manifest, split), select_rows(manifest, fit_on)
     out.mkdir(parents=True, exist_ok=True)
     loaded = [load_artifact(a) for a in artifacts]
-    names = _names(loaded)
+    names = member_names([m.meta.name for m in loaded])
     results = [evaluate(m, rows, split=split, robustness=robustness) for m in loaded]
 
     records = {}
@@ -75,12 +77,10 @@ def compare(
             record["img_s_b1"], record["ms_b1"] = inference_speed(model, 1)
             record["img_s_b32"], record["ms_b32"] = inference_speed(model, 32)
         records[name] = record
-    # The mean ensemble of all members; its threshold is chosen on these rows only for want of a
-    # validation split here, which flatters it: the report says so.
     probs = np.stack([r.predictions["prob"].to_numpy() for r in results])
     y = results[0].predictions["target"].to_numpy()
     ensemble_p = combine(probs, "mean")
-    ensemble_t = choose_threshold(y, ensemble_p)
+    ensemble_t = fit_ensemble(loaded, fit_rows, "mean").threshold
     ensemble = binary_metrics(y, ensemble_p, ensemble_t)
     records["ensemble(mean)"] = {k: ensemble[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")}
     if speed:
@@ -105,7 +105,8 @@ def compare(
     md = [
         "# Model comparison",
         "",
-        f"{len(rows)} images of the `{split}` split; each artefact uses its own threshold (from validation).",
+        f"{len(rows)} images of the `{split}` split; each artefact uses its own threshold (from validation), "
+        f"the mean ensemble one chosen on `{fit_on}`.",
         "",
         "## Metrics",
         "",
@@ -153,9 +154,8 @@ def _decision(metrics: pd.DataFrame, names: list[str], speed: bool) -> list[str]
     )
     lines.append(
         f"Mean ensemble of all {len(names)}: accuracy {ens['accuracy']:.3f} "
-        f"({gain:+.3f} against {best}){cost}. "
-        "Its threshold was chosen on the evaluated rows, which flatters it; confirm with `genart ensemble`, "
-        "which fits on validation."
+        f"({gain:+.3f} against {best}){cost}, at a threshold chosen on validation; `genart ensemble` "
+        "also fits weights."
     )
     if gain > 0.01:
         lines.append("The ensemble gains over one point of accuracy: serve it if its latency is acceptable.")
@@ -192,7 +192,7 @@ def _plot_confusions(names, results, out: Path) -> Path:
     for ax, name, result in zip(axes[0], names, results, strict=True):
         preds = result.predictions
         ConfusionMatrixDisplay.from_predictions(
-            preds["target"], (preds["prob"] >= result.threshold).astype(int), labels=[0, 1],
+            preds["target"], is_ai(preds["prob"], result.threshold).astype(int), labels=[0, 1],
             display_labels=["nature", "ai"], ax=ax, colorbar=False,
         )  # fmt: skip
         ax.set_title(name, fontsize=9)
@@ -238,7 +238,7 @@ def verdict_agreement(api_rows: list[dict], report: str | Path) -> Agreement:
             missing += 1
             continue
         prob = offline[key]
-        expected = "ai" if prob >= threshold else "nature"
+        expected = label_for(prob, threshold)
         compared += 1
         worst = max(worst, abs(float(row["probability"]) - prob))
         if row["label"] == expected:

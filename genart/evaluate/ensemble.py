@@ -1,173 +1,57 @@
-"""The ensemble rule, shared by evaluation and the serving ingress, and ensemble artefacts.
-
-An ensemble artefact is a directory with ``ensemble.json``: the member artefacts (paths or MLflow URIs),
-the rule (``mean``, ``weighted`` or ``vote``), the weights, each member's own threshold (for ``vote``)
-and the ensemble's decision threshold, chosen on validation data.
-"""
+"""Building an ensemble artefact and measuring it: weights and threshold fitted on validation, then each
+member against the ensemble on the test split. The rule and the artefact live in
+:mod:`genart.models.ensemble`."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, Field, model_validator
-from scipy.optimize import minimize
+import pandas as pd
 
-__all__ = [
-    "ENSEMBLE_FILE",
-    "EnsembleMeta",
-    "EnsembleSpec",
-    "LoadedEnsemble",
-    "Rule",
-    "combine",
-    "fit_weights",
-    "is_ensemble",
-    "load_ensemble",
-    "load_model_or_ensemble",
-    "save_ensemble",
-]
+from genart.data.pipeline import select_rows
+from genart.evaluate.metrics import (
+    binary_metrics,
+    choose_threshold,
+    expected_calibration_error,
+    per_generator,
+)
+from genart.models.artifact import LoadedModel, load_artifact
+from genart.models.ensemble import EnsembleSpec, Rule, combine, fit_weights, member_names
+from genart.models.predict import predict_rows
 
-ENSEMBLE_FILE = "ensemble.json"
-Rule = Literal["mean", "weighted", "vote"]
-
-
-class EnsembleSpec(BaseModel):
-    """The contents of ``ensemble.json``."""
-
-    members: list[str] = Field(min_length=1)
-    rule: Rule = "mean"
-    weights: list[float] | None = None
-    member_thresholds: list[float] | None = None
-    threshold: float = 0.5
-    metrics: dict[str, float] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _lengths_match(self) -> EnsembleSpec:
-        for name in ("weights", "member_thresholds"):
-            value = getattr(self, name)
-            if value is not None and len(value) != len(self.members):
-                raise ValueError(f"{name} has {len(value)} entries for {len(self.members)} members")
-        return self
-
-
-def combine(
-    probs: np.ndarray,
-    rule: Rule = "mean",
-    weights: list[float] | np.ndarray | None = None,
-    member_thresholds: list[float] | np.ndarray | None = None,
-) -> np.ndarray:
-    """Combine members' P(ai), shaped (members, images), into the ensemble's P(ai), shaped (images,).
-
-    ``mean`` averages; ``weighted`` averages with non-negative weights (normalised); ``vote`` is the share
-    of members whose probability reaches their own threshold.
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    if probs.ndim == 1:
-        probs = probs[:, None]
-    members = probs.shape[0]
-    if rule == "mean":
-        return probs.mean(axis=0)
-    if rule == "weighted":
-        w = np.ones(members) if weights is None else np.clip(np.asarray(weights, dtype=np.float64), 0, None)
-        if w.sum() <= 0:
-            raise ValueError("ensemble weights must have a positive sum")
-        return (w[:, None] * probs).sum(axis=0) / w.sum()
-    if rule == "vote":
-        t = (
-            np.full(members, 0.5)
-            if member_thresholds is None
-            else np.asarray(member_thresholds, dtype=np.float64)
-        )
-        return (probs >= t[:, None]).mean(axis=0)
-    raise ValueError(f"unknown ensemble rule {rule!r}: use mean, weighted or vote")
-
-
-def fit_weights(probs: np.ndarray, y: np.ndarray) -> list[float]:
-    """Weights (summing to 1) that minimise the log loss of the weighted mean on validation data."""
-    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-6, 1 - 1e-6)
-    y = np.asarray(y, dtype=np.float64)
-    members = probs.shape[0]
-
-    def loss(z: np.ndarray) -> float:
-        w = np.exp(z - z.max())
-        p = np.clip((w[:, None] * probs).sum(0) / w.sum(), 1e-6, 1 - 1e-6)
-        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
-
-    z = minimize(loss, np.zeros(members), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7}).x
-    w = np.exp(z - z.max())
-    return (w / w.sum()).round(6).tolist()
-
-
-def save_ensemble(spec: EnsembleSpec, path: str | Path) -> Path:
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    (path / ENSEMBLE_FILE).write_text(spec.model_dump_json(indent=2))
-    return path
-
-
-def load_ensemble(path: str | Path) -> EnsembleSpec:
-    file = Path(path) / ENSEMBLE_FILE
-    if not file.exists():
-        raise FileNotFoundError(f"no ensemble at {path}: expected {file}")
-    return EnsembleSpec.model_validate(json.loads(file.read_text()))
-
-
-def is_ensemble(path: str | Path) -> bool:
-    return (Path(path) / ENSEMBLE_FILE).is_file()
+__all__ = ["FittedEnsemble", "build_and_evaluate", "fit_ensemble"]
 
 
 @dataclass
-class EnsembleMeta:
-    """What evaluation reads from a model's ``meta``, for an ensemble."""
+class FittedEnsemble:
+    """What an ensemble learns from validation rows: weights (``weighted``), members' thresholds, its own
+    threshold (Youden's J of the combined P(ai)) and its calibration error there."""
 
-    name: str
+    weights: list[float] | None
+    member_thresholds: list[float]
     threshold: float
-    classes: list[str]
-    temperature: float = 1.0
+    ece: float
 
 
-class LoadedEnsemble:
-    """An ensemble artefact with its members loaded. It evaluates like one model: ``genart evaluate`` and
-    :func:`genart.evaluate.predict.predict_rows` take it where they take a :class:`LoadedModel`."""
-
-    def __init__(self, path: str | Path, spec: EnsembleSpec, members: list) -> None:
-        for member, source in zip(members, spec.members, strict=True):
-            if len(member.meta.classes) != 2:
-                raise ValueError(
-                    f"ensemble member {source} is an attribution model; members must be detectors"
-                )
-        self.path, self.spec, self.members = Path(path), spec, members
-        self.meta = EnsembleMeta(
-            name=self.path.name, threshold=spec.threshold, classes=list(members[0].meta.classes)
-        )
-
-    def predict_rows(self, rows, degrade: str | None = None, **kwargs):
-        """Each member's predictions combined by the ensemble's rule: ``prob``, one ``prob_<member>`` per
-        member, and ``pred_class`` at the ensemble's threshold."""
-        from genart.evaluate.predict import predict_rows
-
-        preds = [predict_rows(m, rows, degrade=degrade, **kwargs) for m in self.members]
-        out = preds[0].drop(columns=[c for c in preds[0].columns if c.startswith("logit_")])
-        probs = np.stack([p["prob"].to_numpy() for p in preds])
-        for i, member in enumerate(self.members):
-            out[f"prob_{i}_{member.meta.name}"] = probs[i]
-        out["prob"] = combine(probs, self.spec.rule, self.spec.weights, self.spec.member_thresholds)
-        out["pred_class"] = np.where(out["prob"] >= self.meta.threshold, "ai", "nature")
-        return out
-
-
-def load_model_or_ensemble(path_or_uri: str | Path):
-    """An ensemble directory (with ``ensemble.json``) as a :class:`LoadedEnsemble`, anything else as an
-    artefact (:func:`genart.models.artifact.load_artifact`)."""
-    from genart.models.artifact import load_artifact
-
-    if is_ensemble(path_or_uri):
-        spec = load_ensemble(path_or_uri)
-        return LoadedEnsemble(path_or_uri, spec, [load_artifact(m) for m in spec.members])
-    return load_artifact(path_or_uri)
+def fit_ensemble(
+    loaded: list[LoadedModel], fit_rows: pd.DataFrame, rule: Rule = "mean", weights: list[float] | None = None
+) -> FittedEnsemble:
+    """Fit the rule's weights (``weighted`` without fixed weights) and the threshold on ``fit_rows``."""
+    fit_preds = [predict_rows(m, fit_rows) for m in loaded]
+    y_fit = fit_preds[0]["target"].to_numpy()
+    fit_probs = np.stack([p["prob"].to_numpy() for p in fit_preds])
+    member_thresholds = [m.meta.threshold for m in loaded]
+    if rule == "weighted" and weights is None:
+        weights = fit_weights(fit_probs, y_fit)
+    combined = combine(fit_probs, rule, weights, member_thresholds)
+    return FittedEnsemble(
+        weights=weights,
+        member_thresholds=member_thresholds,
+        threshold=choose_threshold(y_fit, combined),
+        ece=expected_calibration_error(y_fit, combined),
+    )
 
 
 def build_and_evaluate(
@@ -177,33 +61,14 @@ def build_and_evaluate(
     weights: list[float] | None = None,
     fit_on: str = "val",
     split: str = "test",
-):
+) -> tuple[EnsembleSpec, pd.DataFrame, pd.DataFrame]:
     """Fit the ensemble's weights (``weighted`` without weights) and threshold on ``fit_on``, then compare it
     with each member on ``split``, per generator. Returns ``(spec, accuracy table, overall table)``."""
-    import pandas as pd
-
-    from genart.data.pipeline import select_rows
-    from genart.evaluate.metrics import (
-        binary_metrics,
-        choose_threshold,
-        expected_calibration_error,
-        per_generator,
-    )
-    from genart.evaluate.predict import predict_rows
-    from genart.models.artifact import load_artifact
-
     loaded = [load_artifact(m) for m in members]
-    names = [f"{m.meta.name}#{i}" if [x.meta.name for x in loaded].count(m.meta.name) > 1 else m.meta.name
-             for i, m in enumerate(loaded)]  # fmt: skip
+    names = member_names([m.meta.name for m in loaded])
     fit_rows, test_rows = select_rows(manifest, fit_on), select_rows(manifest, split)
-    fit_preds = [predict_rows(m, fit_rows) for m in loaded]
-    y_fit = fit_preds[0]["target"].to_numpy()
-    fit_probs = np.stack([p["prob"].to_numpy() for p in fit_preds])
-    member_thresholds = [m.meta.threshold for m in loaded]
-    if rule == "weighted" and weights is None:
-        weights = fit_weights(fit_probs, y_fit)
-    fit_combined = combine(fit_probs, rule, weights, member_thresholds)
-    threshold = choose_threshold(y_fit, fit_combined)
+    fitted = fit_ensemble(loaded, fit_rows, rule, weights)
+    weights, member_thresholds, threshold = fitted.weights, fitted.member_thresholds, fitted.threshold
 
     test_preds = [predict_rows(m, test_rows) for m in loaded]
     frame = test_preds[0][["generator", "target"]].copy()
@@ -225,7 +90,7 @@ def build_and_evaluate(
         threshold=threshold,
         metrics={
             **{f"test_{k}": float(v) for k, v in overall["ensemble"].items()},
-            f"{fit_on}_ece": expected_calibration_error(y_fit, fit_combined),
+            f"{fit_on}_ece": fitted.ece,
         },
     )
     return spec, pd.DataFrame(accuracy), pd.DataFrame(overall).T

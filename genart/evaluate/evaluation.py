@@ -10,15 +10,14 @@ import pandas as pd
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
 from genart.evaluate.metrics import (
-    ai_probability,
     binary_metrics,
     choose_threshold,
     expected_calibration_error,
     fit_temperature,
     per_generator,
 )
-from genart.evaluate.predict import predict_rows
 from genart.models.artifact import LoadedModel
+from genart.models.predict import ai_probability, is_ai, predict_rows
 from genart.plots import plt, save_figure
 
 __all__ = [
@@ -93,7 +92,7 @@ def recorded_calibration(loaded) -> Calibration | None:
             ece_before=float(metrics["ece_before"]),
             ece_after=float(metrics["ece_after"]),
         )
-    from genart.evaluate.ensemble import LoadedEnsemble
+    from genart.models.ensemble import LoadedEnsemble
 
     if isinstance(loaded, LoadedEnsemble) and "val_ece" in loaded.spec.metrics:
         ece = float(loaded.spec.metrics["val_ece"])
@@ -153,7 +152,7 @@ def attribution_recall(preds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
 def _plot_confusion(result: EvaluationResult, out: Path) -> Path:
     preds = result.predictions
     fig, ax = plt.subplots(figsize=(4.2, 3.8))
-    predicted = (preds["prob"] >= result.threshold).astype(int)
+    predicted = is_ai(preds["prob"], result.threshold).astype(int)
     ConfusionMatrixDisplay.from_predictions(
         preds["target"], predicted, labels=[0, 1], display_labels=["nature", "ai"], ax=ax, colorbar=False
     )
@@ -177,7 +176,7 @@ def _plot_errors(result: EvaluationResult, out: Path, n: int = 12, columns: int 
     from PIL import Image
 
     preds = result.predictions
-    wrong = preds[(preds["prob"] >= result.threshold).astype(int) != preds["target"]]
+    wrong = preds[is_ai(preds["prob"], result.threshold).astype(int) != preds["target"]]
     if wrong.empty or "path" not in wrong:
         return None
     wrong = wrong.assign(margin=(wrong["prob"] - result.threshold).abs()).nlargest(n, "margin")

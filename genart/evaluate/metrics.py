@@ -18,8 +18,9 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from genart.models.predict import is_ai
+
 __all__ = [
-    "ai_probability",
     "binary_metrics",
     "choose_threshold",
     "expected_calibration_error",
@@ -28,17 +29,11 @@ __all__ = [
 ]
 
 
-def ai_probability(logits: np.ndarray | torch.Tensor, temperature: float = 1.0) -> np.ndarray:
-    """P(ai) = 1 - P(nature) from logits (N, classes): class 0 is nature in detectors and attributors."""
-    logits_t = torch.as_tensor(np.array(logits, dtype=np.float32))
-    return 1.0 - torch.softmax(logits_t / temperature, dim=1)[:, 0].numpy()
-
-
 def binary_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Accuracy, precision, recall, F1 and ROC-AUC (NaN when only one class is present)."""
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=float)
-    pred = (p >= threshold).astype(int)
+    pred = is_ai(p, threshold).astype(int)
     both = len(np.unique(y)) == 2
     tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
     return {
@@ -81,7 +76,7 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> 
     if not len(y):
         return float("nan")
     confidence = np.maximum(p, 1 - p)
-    correct = ((p >= 0.5).astype(int) == y).astype(float)
+    correct = (is_ai(p, 0.5).astype(int) == y).astype(float)
     edges = np.linspace(0.5, 1.0, bins + 1)
     index = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
     ece = 0.0

@@ -1,1 +1,2 @@
-"""Models: the zoo of named detectors, self-describing artefacts, and export."""
+"""Models: the zoo of named detectors, self-describing artefacts, THE inference rules (P(ai), the label, the
+ensemble) and export."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,10 +26,11 @@ from torch import nn
 import genart
 from genart.data.layout import CLASSES
 from genart.data.transforms import InputSpec, eval_transform
-from genart.evaluate.metrics import ai_probability
+from genart.models.predict import ai_probability
 
 __all__ = [
     "META_FILE",
+    "NETWORK_LOADERS",
     "WEIGHTS_FILE",
     "ArtifactMeta",
     "LoadedModel",
@@ -50,6 +52,7 @@ class ArtifactMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     format_version: int = FORMAT_VERSION
+    kind: str = Field("timm", description="which loader in NETWORK_LOADERS builds the network")
     name: str = Field(description="zoo name, e.g. 'residual' or 'lite0'")
     timm_id: str
     residual: bool = False
@@ -135,20 +138,37 @@ def read_meta(path_or_uri: str | Path) -> ArtifactMeta:
     return ArtifactMeta.model_validate(json.loads((resolve_uri(path_or_uri) / META_FILE).read_text()))
 
 
-def load_artifact(path_or_uri: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load an artefact: a ready ``eval()`` model plus its transform from :mod:`genart.data.transforms`."""
+def _load_timm(meta: ArtifactMeta, local: Path) -> nn.Module:
+    """A timm network (wrapped in the residual front end when ``meta.residual``) with the saved weights."""
     import timm
 
     from genart.models.zoo import ResidualDetector
 
-    local = resolve_uri(path_or_uri)
-    meta = ArtifactMeta.model_validate(json.loads((local / META_FILE).read_text()))
-    if meta.format_version > FORMAT_VERSION:
-        raise ValueError(f"artefact format {meta.format_version} is newer than this genart understands")
     model: nn.Module = timm.create_model(meta.timm_id, pretrained=False, num_classes=len(meta.classes))
     if meta.residual:
         model = ResidualDetector(model)
     model.load_state_dict(load_file(str(local / WEIGHTS_FILE)))
+    return model
+
+
+# An artefact's ``kind`` -> the function that builds its network from (meta, local directory). A new kind
+# of model registers its loader here; everything after the network (transform, P(ai), label) is shared.
+NETWORK_LOADERS: dict[str, Callable[[ArtifactMeta, Path], nn.Module]] = {"timm": _load_timm}
+
+
+def load_artifact(path_or_uri: str | Path, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load an artefact: a ready ``eval()`` model plus its transform from :mod:`genart.data.transforms`."""
+    local = resolve_uri(path_or_uri)
+    meta = ArtifactMeta.model_validate(json.loads((local / META_FILE).read_text()))
+    if meta.format_version > FORMAT_VERSION:
+        raise ValueError(f"artefact format {meta.format_version} is newer than this genart understands")
+    loader = NETWORK_LOADERS.get(meta.kind)
+    if loader is None:
+        raise ValueError(
+            f"artefact {path_or_uri} is of kind {meta.kind!r}, which this genart cannot load "
+            f"(known: {sorted(NETWORK_LOADERS)}); upgrade genart"
+        )
+    model = loader(meta, local)
     model.to(device).eval()
     spec = meta.spec
     return LoadedModel(

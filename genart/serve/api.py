@@ -14,7 +14,6 @@ import time
 import uuid
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, File, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -24,7 +23,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import genart
 from genart.config import ServeConfig, Settings
-from genart.evaluate.ensemble import combine
+from genart.models.ensemble import default_threshold, ensemble_defaults, ensemble_verdict
+from genart.models.predict import label_for
 from genart.serve.errors import (
     APIError,
     BadRequest,
@@ -50,48 +50,11 @@ from genart.serve.schemas import (
     PredictJSON,
 )
 
-__all__ = ["EnsembleIngress", "app", "default_threshold", "ensemble_defaults", "ensemble_verdict"]
+__all__ = ["EnsembleIngress", "app"]
 
 log = logging.getLogger("genart.serve.api")
 
 PUBLIC_PATHS = frozenset({"/health"})
-
-
-def default_threshold(rule: str, thresholds: list[float], weights: list[float]) -> float:
-    """The members' own thresholds, averaged the way their probabilities are (``vote``: a majority)."""
-    if rule == "vote":
-        return 0.5
-    w = np.asarray(weights if rule == "weighted" else [1.0] * len(thresholds), dtype=np.float64)
-    if w.sum() <= 0:
-        w = np.ones(len(thresholds))
-    return float(np.dot(w, thresholds) / w.sum())
-
-
-def ensemble_defaults(path: str, model_names: list[str]) -> dict[str, Any]:
-    """rule, weights ({model: weight}, members matched to models by position) and threshold from an
-    ensemble artefact; ValueError when it does not fit this app."""
-    from genart.evaluate.ensemble import load_ensemble
-
-    spec = load_ensemble(str(path).removeprefix("file://"))
-    if len(spec.members) != len(model_names):
-        raise ValueError(
-            f"ensemble {path} has {len(spec.members)} members ({spec.members}) but the app serves "
-            f"{len(model_names)} models ({model_names}); list them in the same order"
-        )
-    defaults: dict[str, Any] = {"rule": spec.rule, "threshold": spec.threshold}
-    if spec.weights is not None:
-        defaults["weights"] = dict(zip(model_names, spec.weights, strict=True))
-    return defaults
-
-
-def ensemble_verdict(
-    probs: list[float], thresholds: list[float], weights: list[float], rule: str, threshold: float | None
-) -> tuple[float, float]:
-    """The ensemble's P(ai) with the rule evaluation uses (:func:`genart.evaluate.ensemble.combine`), and the
-    threshold in force."""
-    p = float(combine(np.asarray(probs)[:, None], rule, weights=weights, member_thresholds=thresholds)[0])
-    t = default_threshold(rule, thresholds, weights) if threshold is None else threshold
-    return p, t
 
 
 def _error_response(error: APIError, request_id: str | None = None) -> JSONResponse:
@@ -426,7 +389,7 @@ class EnsembleIngress:
             self.config.rule,
             self.config.threshold,
         )
-        label = "ai" if probability >= threshold else "nature"
+        label = label_for(probability, threshold)
         attributed = [s for s in scores.values() if s.get("generator")]
         best = max(attributed, key=lambda s: s["generator_probability"]) if attributed else None
         ensemble_ms = (time.perf_counter() - t0) * 1000
@@ -493,8 +456,9 @@ class EnsembleIngress:
         m.stage_latency.observe(ensemble_ms, tags={"stage": "ensemble"})
         m.stage_latency.observe(p.latency_ms, tags={"stage": "total"})
         for score in p.models:
-            model_label = "ai" if score.probability >= score.threshold else "nature"
-            m.predictions.inc(tags={"label": model_label, "model": score.name})
+            m.predictions.inc(
+                tags={"label": label_for(score.probability, score.threshold), "model": score.name}
+            )
             m.stage_latency.observe(score.latency_ms, tags={"stage": f"model:{score.name}"})
         m.store_buffer.set(self.writer.depth)
 

@@ -169,7 +169,7 @@ class ModelDeployment:
     async def infer(self, items: list[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
         import torch
 
-        from genart.evaluate.metrics import ai_probability
+        from genart.models.predict import ai_probability, class_probabilities
 
         loaded, key = self.loaded, self.key  # a swap during this batch must not mix two models' inputs
         fresh = [i for i, (k, _) in enumerate(items) if k == key]
@@ -181,7 +181,7 @@ class ModelDeployment:
         p_ai = ai_probability(logits, loaded.meta.temperature)
         elapsed = (time.perf_counter() - start) * 1000
         classes = loaded.meta.classes
-        probs = torch.softmax(logits / loaded.meta.temperature, dim=1).numpy() if len(classes) > 2 else None
+        probs = class_probabilities(logits, loaded.meta.temperature) if len(classes) > 2 else None
         for j, i in enumerate(fresh):
             item: dict[str, Any] = {
                 "probability": float(p_ai[j]),

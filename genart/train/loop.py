@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from genart.config import GenartConfig
-from genart.evaluate.metrics import ai_probability, binary_metrics
+from genart.evaluate.metrics import binary_metrics
 from genart.models.artifact import WEIGHTS_FILE, ArtifactMeta, save_artifact
+from genart.models.predict import ai_probability
 from genart.models.zoo import build_from_config
 
 __all__ = ["STATE_FILE", "lr_factor", "train_loop_per_worker"]

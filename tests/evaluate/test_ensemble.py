@@ -3,39 +3,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 from typer.testing import CliRunner
 
 from genart.cli import app
-from genart.evaluate.ensemble import EnsembleSpec, combine, fit_weights, load_ensemble, save_ensemble
 from genart.models.artifact import ArtifactMeta, save_artifact
+from genart.models.ensemble import EnsembleSpec, load_ensemble, save_ensemble
 from genart.models.zoo import build_model, get_entry
-
-
-def test_mean_weighted_and_vote_rules() -> None:
-    probs = np.array([[0.9, 0.2, 0.6], [0.5, 0.4, 0.1]])
-    np.testing.assert_allclose(combine(probs, "mean"), [0.7, 0.3, 0.35])
-    np.testing.assert_allclose(combine(probs, "weighted", [3, 1]), [0.8, 0.25, 0.475])
-    np.testing.assert_allclose(combine(probs, "vote", member_thresholds=[0.5, 0.45]), [1.0, 0.0, 0.5])
-    with pytest.raises(ValueError, match="positive sum"):
-        combine(probs, "weighted", [0, 0])
-    with pytest.raises(ValueError, match="unknown ensemble rule"):
-        combine(probs, "median")  # type: ignore[arg-type]
-
-
-def test_fitted_weights_favour_the_informative_member() -> None:
-    rng = np.random.default_rng(0)
-    y = rng.integers(0, 2, 400)
-    good = np.clip(y * 0.8 + 0.1 + rng.normal(0, 0.05, 400), 0, 1)
-    noise = rng.uniform(0, 1, 400)
-    weights = fit_weights(np.stack([good, noise]), y)
-    assert weights[0] > 0.8 and abs(sum(weights) - 1) < 1e-6
-
-
-def test_ensemble_spec_checks_lengths() -> None:
-    with pytest.raises(ValueError, match="weights has 1 entries for 2 members"):
-        EnsembleSpec(members=["a", "b"], weights=[1.0])
 
 
 def _members(tmp_path: Path) -> list[str]:
@@ -122,21 +96,3 @@ def test_an_ensemble_evaluates_like_one_model(synth_manifest: Path, tmp_path: Pa
         app, ["evaluate", str(tmp_path / "ens"), "--data", str(synth_manifest), "--calibrate-on", "val"]
     )
     assert refit.exit_code == 2 and "drop --calibrate-on" in refit.output
-
-
-def test_the_serving_ingress_takes_its_defaults_from_an_ensemble_artefact(tmp_path: Path) -> None:
-    from genart.serve.api import ensemble_defaults
-
-    save_ensemble(
-        EnsembleSpec(members=["a", "b"], rule="weighted", weights=[0.7, 0.3], threshold=0.42), tmp_path / "e"
-    )
-    assert ensemble_defaults(str(tmp_path / "e"), ["lite0", "residual"]) == {
-        "rule": "weighted",
-        "threshold": 0.42,
-        "weights": {"lite0": 0.7, "residual": 0.3},
-    }
-    assert ensemble_defaults(f"file://{tmp_path / 'e'}", ["x", "y"])["threshold"] == 0.42
-    with pytest.raises(ValueError, match=r"has 2 members .* serves 1 models"):
-        ensemble_defaults(str(tmp_path / "e"), ["lite0"])
-    with pytest.raises(FileNotFoundError, match="no ensemble at"):
-        ensemble_defaults(str(tmp_path / "missing"), ["lite0", "residual"])

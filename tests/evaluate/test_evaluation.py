@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 from genart.cli import app
 from genart.data.pipeline import select_rows
 from genart.evaluate.evaluation import ROBUSTNESS, calibrate, evaluate, write_evaluation
-from genart.evaluate.predict import predict_rows
 from genart.models.artifact import ArtifactMeta, load_artifact, save_artifact
+from genart.models.predict import predict_rows
 from genart.models.zoo import build_model, get_entry
 
 

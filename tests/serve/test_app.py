@@ -451,7 +451,7 @@ def test_a_new_user_config_swaps_a_model_without_downtime(live: Live) -> None:
 
 
 def test_an_ensemble_artefact_sets_the_served_rule_weights_and_threshold(live: Live, tmp_path: Path) -> None:
-    from genart.evaluate.ensemble import EnsembleSpec, save_ensemble
+    from genart.models.ensemble import EnsembleSpec, save_ensemble
 
     members = [str(live.artifacts["detector_v2"]), str(live.artifacts["attributor"])]
     spec = EnsembleSpec(members=members, rule="weighted", weights=[0.8, 0.2], threshold=0.123)

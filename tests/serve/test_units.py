@@ -1,4 +1,4 @@
-"""The serving logic that needs no Ray: the ensemble verdict, preprocessing, limits, logs, the client."""
+"""The serving logic that needs no Ray: preprocessing, limits, logs, the client."""
 
 from __future__ import annotations
 
@@ -7,34 +7,17 @@ import logging
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from genart.config import DecodeLimits, ServeConfig
 from genart.data.transforms import InputSpec
-from genart.evaluate.ensemble import combine
-from genart.serve.api import LimitsMiddleware, default_threshold, ensemble_verdict
+from genart.serve.api import LimitsMiddleware
 from genart.serve.client import GenartClient, expand_inputs, write_csv
 from genart.serve.deployments import prepare_image, spec_key
 from genart.serve.logs import JsonFormatter, configure_logging
 from tests.conftest import image_bytes, png_bomb
-
-
-@pytest.mark.parametrize("rule", ["mean", "weighted", "vote"])
-def test_the_ingress_combines_members_with_the_evaluation_rule(rule: str) -> None:
-    probs, thresholds, weights = [0.9, 0.2, 0.7], [0.5, 0.3, 0.8], [2.0, 1.0, 1.0]
-    p, _ = ensemble_verdict(probs, thresholds, weights, rule, None)
-    expected = combine(np.array(probs)[:, None], rule, weights=weights, member_thresholds=thresholds)[0]
-    assert p == pytest.approx(expected)
-
-
-def test_default_threshold_averages_member_thresholds_like_their_probabilities() -> None:
-    assert default_threshold("mean", [0.4, 0.6], [3.0, 1.0]) == pytest.approx(0.5)
-    assert default_threshold("weighted", [0.4, 0.6], [3.0, 1.0]) == pytest.approx(0.45)
-    assert default_threshold("vote", [0.1, 0.9], [1.0, 1.0]) == 0.5
-    assert ensemble_verdict([0.9], [0.7], [1.0], "mean", 0.95) == pytest.approx((0.9, 0.95))
 
 
 def test_prepare_image_decodes_once_and_makes_each_spec_tensor() -> None:
