@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,18 @@ from ray import serve
 from genart.config import MAX_IMAGE_PIXELS, DecodeLimits
 from genart.data.transforms import ImageDecodeError, InputSpec, decode_with_header, eval_transform
 
-__all__ = ["ModelDeployment", "Prepared", "Preprocessor", "prepare_image", "spec_key"]
+__all__ = [
+    "MODEL_MEMORY",
+    "PREPROCESSOR_MEMORY",
+    "ModelDeployment",
+    "Prepared",
+    "Preprocessor",
+    "check_memory",
+    "memory_cap",
+    "prepare_image",
+    "resident_bytes",
+    "spec_key",
+]
 
 log = logging.getLogger("genart.serve")
 
@@ -71,12 +83,62 @@ def prepare_image(
     return prepared
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=32)
+#: Memory each replica declares (``ray_actor_options.memory``) and may hold before it reports unhealthy.
+#: Measured idle on the project's machine (tests/serve/test_hostile.py): Preprocessor 884 MiB resident
+#: (torch and timm imported), a model replica 970 MiB with a small CPU model. The decoding budget adds at
+#: most 384 MiB per decode (``DecodeLimits.max_preprocess_bytes``): a 2 GiB cap lets two run at once.
+PREPROCESSOR_MEMORY = 2 * 2**30
+MODEL_MEMORY = 3 * 2**30
+
+
+def resident_bytes() -> int:
+    """This process' resident memory now (Linux ``/proc``; elsewhere its peak, from ``getrusage``)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_cap(default: int) -> int:
+    """The memory this replica declared in ``ray_actor_options``, or ``default`` where it declared none."""
+    import ray
+
+    declared = (
+        ray.get_runtime_context().get_assigned_resources().get("memory") if ray.is_initialized() else None
+    )
+    return int(declared) if declared else default
+
+
+def check_memory(cap: int, who: str) -> None:
+    """Raise when the replica has grown past ``cap``: Serve then replaces it, instead of the node's OOM
+    killer taking the controller and the ingress with it."""
+    rss = resident_bytes()
+    if rss > cap:
+        raise RuntimeError(
+            f"{who}: resident memory {rss / 2**20:.0f} MiB is above its cap of {cap / 2**20:.0f} MiB; "
+            "Serve replaces this replica"
+        )
+
+
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.25, "memory": PREPROCESSOR_MEMORY},
+    max_ongoing_requests=32,
+    health_check_period_s=5,
+)
 class Preprocessor:
-    """Decodes and validates uploads, off the ingress' event loop (a thread per request)."""
+    """Decodes and validates uploads within the decoding budget, off the ingress' event loop (a thread per
+    request). Its health check fails once its resident memory passes its declared memory."""
 
     def __init__(self, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
         self.limits = DecodeLimits(max_pixels=max_pixels)
+        self.memory_cap = memory_cap(PREPROCESSOR_MEMORY)
+        # Each decode may take up to the budget: as many at once as fit between the idle replica and its cap,
+        # so that concurrent hostile uploads queue here instead of pushing the replica past its cap.
+        self.decode_slots = max(1, (self.memory_cap - resident_bytes()) // self.limits.max_preprocess_bytes)
+        self._slots = asyncio.Semaphore(self.decode_slots)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         if "max_pixels" in user_config:
@@ -87,8 +149,16 @@ class Preprocessor:
     def ping(self) -> bool:
         return True
 
+    def check_health(self) -> None:
+        check_memory(self.memory_cap, "Preprocessor")
+
+    def memory(self) -> dict[str, int]:
+        """Resident memory and cap in bytes (what the health check compares); decodes allowed at once."""
+        return {"resident": resident_bytes(), "cap": self.memory_cap, "decode_slots": self.decode_slots}
+
     async def prepare(self, data: bytes, specs: dict[str, dict[str, Any]]) -> Prepared:
-        return await asyncio.to_thread(prepare_image, data, specs, self.limits)
+        async with self._slots:
+            return await asyncio.to_thread(prepare_image, data, specs, self.limits)
 
 
 def _weights_version(local_dir: Any) -> str:
@@ -100,11 +170,16 @@ def _weights_version(local_dir: Any) -> str:
     return digest.hexdigest()[:12]
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64, health_check_period_s=10)
+@serve.deployment(
+    ray_actor_options={"num_cpus": 0.5, "memory": MODEL_MEMORY},
+    max_ongoing_requests=64,
+    health_check_period_s=10,
+)
 class ModelDeployment:
     """One artefact behind ``@serve.batch``. Its ``user_config`` sets the artefact and the batching."""
 
     def __init__(self, name: str, artifact: str | None = None, weight: float = 1.0) -> None:
+        self.memory_cap = memory_cap(MODEL_MEMORY)
         self.name = name
         self.weight = weight
         self.loaded: Any = None
@@ -143,6 +218,7 @@ class ModelDeployment:
     def check_health(self) -> None:
         if self.loaded is None:
             raise RuntimeError(f"model {self.name} has no artefact: set 'artifact' in its user_config")
+        check_memory(self.memory_cap, f"model {self.name}")
 
     def describe(self) -> dict[str, Any]:
         """What the ingress needs to know: the input spec to prepare, the threshold, the version."""

@@ -143,15 +143,15 @@ def live(ray_cluster: dict[str, int], pg_app_url: str, tmp_path_factory: pytest.
                 },
                 "deployments": [
                     {"name": "EnsembleIngress", "ray_actor_options": {"num_cpus": 0.1}},
-                    {"name": "Preprocessor", "ray_actor_options": {"num_cpus": 0.1}},
+                    {"name": "Preprocessor", "ray_actor_options": {"num_cpus": 0.1, "memory": 1536 * 2**20}},
                     {
                         "name": "detector",
-                        "ray_actor_options": {"num_cpus": 0.1},
+                        "ray_actor_options": {"num_cpus": 0.1, "memory": 1536 * 2**20},
                         "user_config": {"artifact": str(artifacts["detector"]), "max_batch_size": 8},
                     },
                     {
                         "name": "attributor",
-                        "ray_actor_options": {"num_cpus": 0.1},
+                        "ray_actor_options": {"num_cpus": 0.1, "memory": 1536 * 2**20},
                         "user_config": {"artifact": str(artifacts["attributor"])},
                     },
                 ],

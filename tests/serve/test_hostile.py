@@ -7,16 +7,21 @@ This module deploys its own app (the ``live`` fixture is module-scoped)."""
 from __future__ import annotations
 
 import base64
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 import yaml
 from sqlalchemy import bindparam, create_engine, text
 from sqlalchemy.pool import NullPool
 
+from genart.bench import hostile
 from genart.bench.fuzz import fuzz, require_loopback
+from tests.conftest import image_bytes
 from tests.serve.test_app import API_KEY, Live, image_server, live  # noqa: F401
 
 pytestmark = [pytest.mark.ray, pytest.mark.db, pytest.mark.slow]
@@ -118,6 +123,57 @@ def test_hostile_input_gets_its_expected_answer_and_never_a_5xx(
     assert error["message"] and error["status"] == response.status_code
     if "code" in expect:
         assert error["code"] == expect["code"], error
+
+
+def _serve_pids(live: Live) -> dict[str, int]:  # noqa: F811
+    """The PIDs of the Serve controller and of each replica, by actor class name."""
+    from ray.util.state import list_actors
+
+    address = f"http://127.0.0.1:{live.dashboard_port}"
+    actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
+    return {
+        a.class_name: a.pid for a in actors if a.class_name.startswith(("ServeController", "ServeReplica"))
+    }
+
+
+def test_hostile_headers_during_ordinary_traffic_leave_every_process_in_place(live: Live) -> None:  # noqa: F811
+    """8 hostile uploads at once (the worst kinds of genart.bench.hostile) while a client sends 100 ordinary
+    images: each hostile one gets a 2xx or a JSON 4xx, every ordinary one a 200 that is stored, and no
+    Serve process is replaced. The ordinary client's latency is printed, not asserted."""
+    worst = {
+        "png-1bit-74000x1", "png-1x60000", "png-8000x8000", "png-rgba-8000x8000", "jpeg-8000x8000",
+        "jpeg-progressive-8000x8000", "webp-16384x3900", "ico-png-60000x1",
+    }  # fmt: skip
+    sample = [case for case in hostile.corpus() if case.name in worst]
+    before = _serve_pids(live)
+    rss = {name: psutil.Process(pid).memory_info().rss / 2**20 for name, pid in before.items()}
+    print("resident MiB before:", {k.split(":")[-1]: round(v) for k, v in rss.items()})
+
+    def send(data: bytes, name: str) -> tuple[httpx.Response, float]:
+        with httpx.Client(base_url=live.api, headers={"X-API-Key": API_KEY}, timeout=120) as client:
+            start = time.perf_counter()
+            response = client.post("/predict", files={"file": (name, data, "application/octet-stream")})
+            return response, time.perf_counter() - start
+
+    with ThreadPoolExecutor(max_workers=len(sample)) as pool:
+        attacks = {case.name: pool.submit(send, case.data, case.name + ".img") for case in sample}
+        ordinary = [send(image_bytes((64, 64), seed=1000 + i), f"ok{i}.png") for i in range(100)]
+        answers = {name: future.result()[0] for name, future in attacks.items()}
+
+    for name, response in answers.items():
+        assert response.status_code < 500, f"{name}: {response.status_code} {response.text[:300]}"
+        body = response.json()
+        if response.status_code != 200:
+            assert 400 <= response.status_code < 500 and body["error"]["code"], (name, body)
+    assert [r.status_code for r, _ in ordinary] == [200] * 100
+    ACCEPTED.extend(r.json()["request_id"] for r, _ in ordinary)
+    latencies = sorted(t for _, t in ordinary)
+    print(f"ordinary client p50 {latencies[49]:.3f} s, p99 {latencies[98]:.3f} s")
+    print("hostile answers:", {name: r.status_code for name, r in answers.items()})
+    after = _serve_pids(live)
+    rss = {name: psutil.Process(pid).memory_info().rss / 2**20 for name, pid in after.items()}
+    print("resident MiB after:", {k.split(":")[-1]: round(v) for k, v in rss.items()})
+    assert after == before
 
 
 def test_the_app_is_healthy_after_the_corpus(live: Live) -> None:  # noqa: F811

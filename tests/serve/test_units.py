@@ -15,7 +15,7 @@ from genart.config import DecodeLimits, ServeConfig
 from genart.data.transforms import InputSpec
 from genart.serve.api import LimitsMiddleware
 from genart.serve.client import GenartClient, expand_inputs, write_csv
-from genart.serve.deployments import prepare_image, spec_key
+from genart.serve.deployments import Preprocessor, prepare_image, resident_bytes, spec_key
 from genart.serve.logs import JsonFormatter, configure_logging
 from tests.conftest import image_bytes, png_bomb
 
@@ -102,3 +102,13 @@ def test_client_turns_api_errors_into_rows() -> None:
     client.http = httpx.Client(base_url="http://api", transport=httpx.MockTransport(handler))
     row = next(client.predict_many(["https://example.com/a.jpg"]))
     assert row["error"] == "not an image" and row["label"] is None
+
+
+def test_preprocessor_reports_unhealthy_past_its_memory_cap() -> None:
+    preprocessor = Preprocessor.func_or_class()
+    preprocessor.memory_cap = 2 * resident_bytes()
+    preprocessor.check_health()
+    preprocessor.memory_cap = resident_bytes() // 2
+    with pytest.raises(RuntimeError, match="above its cap"):
+        preprocessor.check_health()
+    assert preprocessor.decode_slots >= 1

@@ -84,15 +84,15 @@ def live_api(ray_cluster: dict[str, int], tmp_path_factory: pytest.TempPathFacto
                 },
                 "deployments": [
                     {"name": "EnsembleIngress", "ray_actor_options": {"num_cpus": 0.1}},
-                    {"name": "Preprocessor", "ray_actor_options": {"num_cpus": 0.1}},
+                    {"name": "Preprocessor", "ray_actor_options": {"num_cpus": 0.1, "memory": 1536 * 2**20}},
                     {
                         "name": "detector",
-                        "ray_actor_options": {"num_cpus": 0.1},
+                        "ray_actor_options": {"num_cpus": 0.1, "memory": 1536 * 2**20},
                         "user_config": {"artifact": str(detector)},
                     },
                     {
                         "name": "attributor",
-                        "ray_actor_options": {"num_cpus": 0.1},
+                        "ray_actor_options": {"num_cpus": 0.1, "memory": 1536 * 2**20},
                         "user_config": {"artifact": str(attributor)},
                     },
                 ],
