@@ -1,12 +1,17 @@
-"""Shared fixtures: image factories, a tiny GenImage tree, and one local Ray cluster per test session."""
+"""Shared fixtures: image factories, a tiny GenImage tree, untrained artefacts, the live Serve config, and
+one local Ray cluster per test session."""
 
 from __future__ import annotations
 
+import http.server
 import io
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,12 +113,71 @@ def synth_manifest(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     return write_manifest(result.manifest, out / "manifest.split.parquet")
 
 
-def free_port() -> int:
-    import socket
+@contextmanager
+def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A threaded HTTP server on 127.0.0.1 answering with ``handler`` for the length of the block: its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
+def untrained_artifact(root: Path, name: str, zoo: str, seed: int, threshold: float, **meta: Any) -> Path:
+    """An untrained ``zoo`` model saved as artefact ``root/name`` (``classes`` and ``input_size`` in ``meta``
+    choose the head and input; the rest goes into its metadata)."""
+    import torch
+
+    from genart.models.artifact import ArtifactMeta, save_artifact
+    from genart.models.zoo import build_model, get_entry
+
+    torch.manual_seed(seed)
+    classes = meta.pop("classes", ["nature", "ai"])
+    model, spec = build_model(
+        zoo, pretrained=False, num_classes=len(classes), input_size=meta.pop("input_size", None)
+    )
+    entry = get_entry(zoo)
+    info = ArtifactMeta(
+        name=zoo, timm_id=entry.timm_id, residual=entry.residual, input=spec.to_dict(), classes=classes,
+        threshold=threshold, **meta,
+    )  # fmt: skip
+    return save_artifact(model, info, root / name)
+
+
+def live_serve_config(
+    port: int, env: dict[str, str], artifacts: dict[str, Path], timeout_s: float, **args: Any
+) -> dict[str, Any]:
+    """The Serve config the live-app tests deploy with `genart serve up`: the genart app on 127.0.0.1:``port``
+    serving a ``detector`` and an ``attributor`` (``artifacts``), ``env`` in its runtime environment, ``args``
+    (limits, URL allow-list) for ``build_app``, and small CPU and memory shares so that it fits beside the
+    tests."""
+    small = {"ray_actor_options": {"num_cpus": 0.1}}
+    capped = {"ray_actor_options": {"num_cpus": 0.1, "memory": 1536 * 2**20}}  # under the 2-3 GiB defaults
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port, "request_timeout_s": timeout_s},
+        "applications": [
+            {
+                "name": "genart",
+                "route_prefix": "/",
+                "import_path": "genart.serve.app:build_app",
+                "runtime_env": {"env_vars": env},
+                "args": {"models": [{"name": "detector"}, {"name": "attributor"}], **args},
+                "deployments": [
+                    {"name": "EnsembleIngress", **small},
+                    {"name": "Preprocessor", **capped},
+                    {"name": "detector", **capped, "user_config": {"artifact": str(artifacts["detector"])}},
+                    {
+                        "name": "attributor",
+                        **capped,
+                        "user_config": {"artifact": str(artifacts["attributor"])},
+                    },
+                ],
+            }
+        ],
+    }
 
 
 @pytest.fixture(scope="session")
@@ -124,6 +188,8 @@ def ray_cluster() -> Iterator[dict[str, int]]:
     to a production head, and a metrics endpoint for the Prometheus checks.
     """
     import ray
+
+    from genart.bench.harness import free_port
 
     ports = {"dashboard_port": free_port(), "metrics_port": free_port()}
     ray.init(

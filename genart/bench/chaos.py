@@ -34,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from genart.bench.common import machine, write_results
-from genart.bench.load import Event, ServeHarness, serve_harness, step_summary
+from genart.bench.harness import Event, step_summary
+from genart.bench.load import ServeHarness, serve_harness
 
 __all__ = ["fault_stats", "main", "shm_fill_bytes"]
 

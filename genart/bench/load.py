@@ -12,7 +12,8 @@ The RSS of every process of this run's Ray cluster (GCS, raylet, Serve controlle
 sampled every 2 s and growth is flagged. After each phase the store's buffer is drained (``/health``) and the
 rows in PostgreSQL are compared with the 200 responses: every prediction answered must be stored.
 
-The harness here (``ServeHarness``, ``drive_for``, ``RssSampler``) is shared with :mod:`genart.bench.chaos`.
+The app, the load driver and the latency summary come from :mod:`genart.bench.harness`; ``ServeHarness``
+(the app plus its database) and ``RssSampler`` here are shared with :mod:`genart.bench.chaos`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import secrets
 import threading
 import time
@@ -34,20 +34,26 @@ from typing import Any
 import numpy as np
 
 from genart.bench.common import machine, write_results
+from genart.bench.harness import (
+    Event,
+    ServeApp,
+    bench_artifacts,
+    bench_images,
+    drive,
+    ray_label,
+    step_summary,
+)
 
 __all__ = [
     "DEFAULT_DATABASE_URL",
-    "Event",
     "RssSampler",
     "ServeHarness",
-    "drive_for",
     "fresh_database",
     "lost_predictions",
     "main",
     "memory_growth",
-    "percentiles",
     "saturation",
-    "step_summary",
+    "serve_harness",
 ]
 
 DEFAULT_DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -55,50 +61,6 @@ RAMP = (1, 2, 4, 8, 16, 32)
 
 
 # -- pure parts: what the tests cover -----------------------------------------------------------------
-@dataclass(frozen=True)
-class Event:
-    """One request: when it started and ended (seconds, ``time.monotonic``) and its status code.
-
-    ``status`` 0 means no HTTP response at all (connection refused or reset, timeout): ``error`` names it.
-    """
-
-    start: float
-    end: float
-    status: int
-    error: str | None = None
-
-    @property
-    def latency_ms(self) -> float:
-        return (self.end - self.start) * 1000
-
-
-def percentiles(latencies_ms: list[float]) -> dict[str, float | None]:
-    """p50, p99 and p99.9 (linear interpolation); None for each when there are no latencies."""
-    if not latencies_ms:
-        return {"p50_ms": None, "p99_ms": None, "p999_ms": None}
-    values = np.asarray(latencies_ms, dtype=np.float64)
-    p50, p99, p999 = np.percentile(values, [50, 99, 99.9])
-    return {"p50_ms": float(p50), "p99_ms": float(p99), "p999_ms": float(p999)}
-
-
-def step_summary(events: list[Event], elapsed_s: float) -> dict[str, Any]:
-    """Throughput of 200s, latency percentiles of the 200s and the count of every status (``"0"``: none)."""
-    ok = [e for e in events if e.status == 200]
-    codes: dict[str, int] = {}
-    for e in events:
-        codes[str(e.status)] = codes.get(str(e.status), 0) + 1
-    errors = {k: v for k, v in sorted(codes.items()) if k != "200"}
-    return {
-        "requests": len(events),
-        "ok": len(ok),
-        "errors": errors,
-        "error_rate": (len(events) - len(ok)) / len(events) if events else 0.0,
-        "seconds": elapsed_s,
-        "req_s": len(ok) / elapsed_s if elapsed_s > 0 else 0.0,
-        **percentiles([e.latency_ms for e in ok]),
-    }
-
-
 def saturation(steps: list[dict[str, Any]], rise: float = 0.05) -> dict[str, Any]:
     """Where throughput stops rising: the lowest concurrency within ``rise`` (5 %) of the peak throughput.
 
@@ -170,67 +132,7 @@ def memory_growth(
     }
 
 
-# -- the load driver -----------------------------------------------------------------------------------
-async def drive_for(
-    url: str,
-    images: list[bytes],
-    concurrency: int,
-    seconds: float | None,
-    stop: threading.Event | None = None,
-    timeout_s: float = 30.0,
-    events: list[Event] | None = None,
-) -> tuple[list[Event], float]:
-    """POST images to ``url`` from ``concurrency`` clients for ``seconds`` (or until ``stop`` is set).
-
-    Unlike :func:`genart.bench.serve.drive` it is bounded by time and keeps going through connection
-    errors, recording each as status 0, so it can run while faults happen.
-    """
-    import httpx
-
-    events = [] if events is None else events  # a caller's list fills while the load runs
-    start = time.monotonic()
-    deadline = start + seconds if seconds is not None else float("inf")
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    def done() -> bool:
-        return time.monotonic() >= deadline or (stop is not None and stop.is_set())
-
-    async with httpx.AsyncClient(timeout=timeout_s, limits=limits) as client:
-
-        async def worker(k: int) -> None:
-            i = k
-            while not done():
-                t0 = time.monotonic()
-                try:
-                    response = await client.post(
-                        url, files={"file": ("x.png", images[i % len(images)], "image/png")}
-                    )
-                    events.append(Event(t0, time.monotonic(), response.status_code))
-                except httpx.HTTPError as exc:
-                    events.append(Event(t0, time.monotonic(), 0, type(exc).__name__))
-                    await asyncio.sleep(0.1)  # a refused connection fails at once: don't spin
-                i += concurrency
-
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-    return events, time.monotonic() - start
-
-
 # -- memory of this run's Ray processes ---------------------------------------------------------------
-def _ray_label(cmdline: list[str], name: str) -> str | None:
-    """The role of a Ray process from its title (``ray::ServeReplica:genart:m0``) or executable."""
-    title = cmdline[0].split()[0] if cmdline and cmdline[0] else ""
-    if title.startswith("ray::"):
-        # The title names the running method too (``ray::ProxyActor.receive_asgi_messages``): drop it, so
-        # that one process stays one series.
-        if "ServeReplica:" in title:
-            title = "ray::" + title[title.index("ServeReplica:") :]
-        return re.sub(r"\.[A-Za-z_]\w*$", "", title)
-    for known in ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
-        if known in name or any(known in part for part in cmdline[:3]):
-            return known
-    return None
-
-
 class RssSampler:
     """Samples, every ``period_s``, the RSS of each Ray process started under this one.
 
@@ -252,7 +154,7 @@ class RssSampler:
         now = time.monotonic() - self.t0
         for proc in psutil.Process(os.getpid()).children(recursive=True):
             try:
-                label = _ray_label(proc.cmdline(), proc.name())
+                label = ray_label(proc.cmdline(), proc.name())
                 if label is None:
                     continue
                 rss = proc.memory_info().rss / 2**20
@@ -324,60 +226,35 @@ def fresh_database(base_url: str, prefix: str) -> Iterator[str]:
 
 @dataclass
 class ServeHarness:
-    """The genart app (two untrained models) on a local Ray, on 127.0.0.1, writing to ``database_url``."""
+    """The genart app (two untrained models, :class:`~genart.bench.harness.ServeApp`) writing to
+    ``database_url``, with the counts that tell whether every answered prediction was stored."""
 
     database_url: str
     root: Path
     size: int = 96
-    port: int = 0
     images: list[bytes] = field(default_factory=list)
     ok_total: int = 0
+    app: ServeApp | None = None
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        assert self.app is not None, "start the harness first"
+        return self.app.base
 
     def start(self) -> ServeHarness:
-        import ray
-        from ray import serve
-
-        from genart.bench.serve import _bench_artifacts, _free_port, _images, _wait_http
-        from genart.config import ServeConfig, ServeModel
-        from genart.serve.app import compose
-
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        self.images = _images(16, 160)
-        artifacts = _bench_artifacts(self.root, self.size)
-        self.port = _free_port()
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
-        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
-        config = ServeConfig(
-            models=[ServeModel(name=f"m{i}", artifact=str(a)) for i, a in enumerate(artifacts)]
-        )
+        self.images = bench_images(16, 160)
         env = {
             "DATABASE_URL": self.database_url,
             "GENART_API_KEY": "",
             "GENART_LOG_DIR": str(self.root / "logs"),
         }
-        serve.run(
-            compose(
-                config,
-                ingress_options={"ray_actor_options": {"num_cpus": 0.25, "runtime_env": {"env_vars": env}}},
-            ),
-            name="genart",
-            route_prefix="/",
-        )
-        _wait_http(f"{self.base}/health")
+        self.app = ServeApp(bench_artifacts(self.root, self.size), env)
+        self.app.start()
         return self
 
     def stop(self) -> None:
-        import ray
-        from ray import serve
-
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+        if self.app is not None:
+            self.app.stop()
 
     def run(
         self,
@@ -387,8 +264,11 @@ class ServeHarness:
         events: list[Event] | None = None,
     ) -> tuple[list[Event], float]:
         events, elapsed = asyncio.run(
-            drive_for(f"{self.base}/predict", self.images, concurrency, seconds, stop, events=events)
-        )
+            drive(
+                f"{self.base}/predict", self.images, concurrency, seconds=seconds, stop=stop,
+                timeout_s=30.0, events=events,
+            )
+        )  # fmt: skip
         self.ok_total += sum(e.status == 200 for e in events)
         return events, elapsed
 

@@ -17,9 +17,7 @@ run at that concurrency: their collapsed stacks and each one's hottest functions
 
 import argparse
 import asyncio
-import io
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,82 +28,21 @@ from typing import Any
 import numpy as np
 
 from genart.bench.common import machine, write_results
+from genart.bench.harness import (
+    ServeApp,
+    bench_artifacts,
+    bench_images,
+    drive,
+    free_port,
+    ray_label,
+    step_summary,
+    wait_http,
+)
 
-__all__ = ["drive", "hottest_functions", "main", "plain_app", "serve_processes"]
+__all__ = ["ceiling", "hottest_functions", "main", "plain_app", "serve_processes"]
 
 PROFILE_HEADER = ["### py-spy: hottest functions per Serve process (share of samples, waiting included)", ""]
 PROFILE_FOOTER = "Collapsed stacks: `profile/*.txt` beside this file (open them in speedscope.app)."
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _images(n: int, size: int, seed: int = 0) -> list[bytes]:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
-        out.append(buffer.getvalue())
-    return out
-
-
-def _bench_artifacts(root: Path, size: int) -> list[Path]:
-    """Untrained lite0 + residual at the demo's input policy: speed does not depend on the weights."""
-    from genart.models.artifact import ArtifactMeta, save_artifact
-    from genart.models.zoo import build_model, get_entry
-
-    paths = []
-    for name in ("lite0", "residual"):
-        model, spec = build_model(name, pretrained=False, input_size=size, crop_policy="crop")
-        entry = get_entry(name)
-        meta = ArtifactMeta(name=name, timm_id=entry.timm_id, residual=entry.residual, input=spec.to_dict())
-        paths.append(save_artifact(model, meta, root / name))
-    return paths
-
-
-async def drive(
-    url: str, images: list[bytes], concurrency: int, requests: int, headers: dict | None = None
-) -> tuple[list[float], list[int], float]:
-    """POST ``requests`` images to ``url`` from ``concurrency`` clients: latencies (ms), codes, seconds."""
-    import httpx
-
-    latencies: list[float] = []
-    codes: list[int] = []
-    counter = iter(range(requests))
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-
-    async with httpx.AsyncClient(timeout=120, limits=limits, headers=headers or {}) as client:
-
-        async def worker() -> None:
-            for i in counter:
-                start = time.perf_counter()
-                response = await client.post(
-                    url, files={"file": ("x.png", images[i % len(images)], "image/png")}
-                )
-                latencies.append((time.perf_counter() - start) * 1000)
-                codes.append(response.status_code)
-
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-    return latencies, codes, elapsed
-
-
-def _summary(latencies: list[float], codes: list[int], elapsed: float) -> dict[str, Any]:
-    ok = sum(c == 200 for c in codes)
-    return {
-        "requests": len(codes),
-        "ok": ok,
-        "req_s": ok / elapsed,
-        "p50_ms": float(np.percentile(latencies, 50)),
-        "p99_ms": float(np.percentile(latencies, 99)),
-    }
 
 
 def ceiling(artifacts: list[Path], images: list[bytes], batch: int = 16) -> dict[str, Any]:
@@ -156,20 +93,6 @@ def plain_app(artifacts: list[str]):
     return app
 
 
-def _wait_http(url: str, timeout_s: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=5).status_code < 500:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} never answered")
-
-
 def _cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
     """User + system CPU seconds, summed per role, of the given processes (gone ones count 0)."""
     import psutil
@@ -191,12 +114,10 @@ def serve_processes() -> dict[str, list[int]]:
     """The Ray processes under this one, by role (``ServeReplica:genart:m0``, ``ProxyActor``, ``raylet``)."""
     import psutil
 
-    from genart.bench.load import _ray_label
-
     roles: dict[str, list[int]] = {}
     for proc in psutil.Process().children(recursive=True):
         try:
-            label = _ray_label(proc.cmdline(), proc.name())
+            label = ray_label(proc.cmdline(), proc.name())
         except psutil.Error:
             continue
         if label and not label.startswith("ray::IDLE"):
@@ -210,13 +131,13 @@ def _measure(
 ) -> dict[int, dict[str, Any]]:  # fmt: skip
     """Throughput and latency per concurrency; at the highest, CPU ms per request of each process in
     ``pids`` (and of this driver), and py-spy profiles of them into ``profile_dir``."""
-    asyncio.run(drive(url, images, 4, 8))  # warm-up
+    asyncio.run(drive(url, images, 4, requests=8))  # warm-up
     results = {}
     top = max(requests)
     for c, n in requests.items():
         watched = {**(pids or {}), "load driver (this process)": [os.getpid()]}
         before = _cpu_seconds(watched)
-        results[c] = _summary(*asyncio.run(drive(url, images, c, n)))
+        results[c] = step_summary(*asyncio.run(drive(url, images, c, requests=n)))
         after = _cpu_seconds(watched)
         if c == top:
             done = results[c]["ok"] or 1
@@ -225,7 +146,7 @@ def _measure(
             }
     if profile_dir:  # a separate, untimed pass: py-spy's own sampling would slow the measured one
         spies = _start_profiles(pids or {}, profile_dir)
-        asyncio.run(drive(url, images, top, requests[top]))
+        asyncio.run(drive(url, images, top, requests=requests[top]))
         _stop_profiles(spies)
     return results
 
@@ -320,63 +241,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     parser.add_argument("--profile", action="store_true", help="py-spy the Serve processes at concurrency 16")
     args = parser.parse_args(argv)
-    import ray
-    from ray import serve
-
-    from genart.config import ServeConfig, ServeModel
-    from genart.serve.app import compose
-
-    images = _images(32, args.image_size)
+    images = bench_images(32, args.image_size)
     requests = {1: max(args.requests // 4, 16), 4: max(args.requests // 2, 16), 16: args.requests}
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = (
-            [Path(a) for a in args.artifacts] if args.artifacts else _bench_artifacts(Path(tmp), args.size)
+            [Path(a) for a in args.artifacts] if args.artifacts else bench_artifacts(Path(tmp), args.size)
         )
         print("in-process ceiling ...", flush=True)
         inproc = ceiling(artifacts, images)
 
         print("plain FastAPI ...", flush=True)
-        port = _free_port()
+        port = free_port()
         code = (
             "import sys, uvicorn; from genart.bench.serve import plain_app; "
             f"uvicorn.run(plain_app(sys.argv[1:]), host='127.0.0.1', port={port}, log_level='warning')"
         )
         proc = subprocess.Popen([sys.executable, "-c", code, *map(str, artifacts)])
         try:
-            _wait_http(f"http://127.0.0.1:{port}/docs")
+            wait_http(f"http://127.0.0.1:{port}/docs")
             plain = _measure(f"http://127.0.0.1:{port}/predict", images, requests, {"plain app": [proc.pid]})
         finally:
             proc.terminate()
             proc.wait(30)
 
         print("Ray Serve ...", flush=True)
-        http_port = _free_port()
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
-        try:
-            serve.start(http_options={"host": "127.0.0.1", "port": http_port})
-            config = ServeConfig(
-                models=[ServeModel(name=f"m{i}", artifact=str(a)) for i, a in enumerate(artifacts)]
-            )
-            env = {"DATABASE_URL": f"sqlite:///{tmp}/bench.db", "GENART_API_KEY": ""}
-            serve.run(
-                compose(
-                    config,
-                    ingress_options={
-                        "ray_actor_options": {"num_cpus": 0.25, "runtime_env": {"env_vars": env}}
-                    },
-                ),
-                name="genart",
-                route_prefix="/",
-            )
-            _wait_http(f"http://127.0.0.1:{http_port}/health")
+        env = {"DATABASE_URL": f"sqlite:///{tmp}/bench.db", "GENART_API_KEY": ""}
+        with ServeApp(artifacts, env) as app:
             served = _measure(
-                f"http://127.0.0.1:{http_port}/predict", images, requests, serve_processes(),
+                f"{app.base}/predict", images, requests, serve_processes(),
                 args.out / "profile" if args.profile else None,
             )  # fmt: skip
-        finally:
-            serve.shutdown()
-            ray.shutdown()
 
     results = {
         "benchmark": "serve",

@@ -12,8 +12,8 @@ from typing import Any
 from ray.serve import Application
 
 from genart.config import ServeConfig
-from genart.serve.api import EnsembleIngress
 from genart.serve.deployments import ModelDeployment, Preprocessor
+from genart.serve.ingress import EnsembleIngress
 
 __all__ = ["build_app", "compose"]
 

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
+from genart.models.predict import label_for
+
 __all__ = [
     "BatchItem",
     "BatchPrediction",
@@ -68,6 +70,37 @@ class Prediction(BaseModel):
     sha256: str
     width: int
     height: int
+
+    @classmethod
+    def from_scores(
+        cls,
+        scores: dict[str, dict[str, Any]],
+        probability: float,
+        threshold: float,
+        rule: str,
+        **fields: Any,
+    ) -> Prediction:
+        """The answer for one image from each model's score (``probability``, ``threshold``, ``version``,
+        ``latency_ms``, and for an attribution model ``generator`` and ``generator_probability``) and the
+        ensemble's verdict; ``fields`` are the request's (request_id, latency_ms, source, filename, sha256,
+        width, height). The label is the label rule's; the generator, the most likely one among the
+        attribution models'."""
+        attributed = [s for s in scores.values() if s.get("generator")]
+        best = max(attributed, key=lambda s: s["generator_probability"]) if attributed else None
+        return cls(
+            label=label_for(probability, threshold),
+            probability=probability,
+            threshold=threshold,
+            rule=rule,
+            models=[
+                ModelScore(name=name, **{k: v for k, v in s.items() if k in ModelScore.model_fields})
+                for name, s in scores.items()
+            ],
+            model_versions={name: s["version"] for name, s in scores.items()},
+            generator=best["generator"] if best else None,
+            generator_probability=best["generator_probability"] if best else None,
+            **fields,
+        )
 
 
 class ErrorBody(BaseModel):

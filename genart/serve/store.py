@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from alembic import command
 from alembic.config import Config
@@ -48,6 +48,9 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+if TYPE_CHECKING:
+    from genart.serve import schemas
 
 __all__ = [
     "MIGRATIONS_DIR",
@@ -210,6 +213,30 @@ class PredictionRecord(BaseModel):
         if value is None:
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    @classmethod
+    def from_prediction(
+        cls, prediction: schemas.Prediction, image_bytes: int, url: str | None = None
+    ) -> PredictionRecord:
+        """The stored record of an answered prediction: the same data, in the store's columns."""
+        return cls(
+            request_id=prediction.request_id,
+            source=prediction.source,
+            url=url,
+            filename=prediction.filename,
+            image_sha256=prediction.sha256,
+            image_bytes=image_bytes,
+            width=prediction.width,
+            height=prediction.height,
+            label=prediction.label,
+            probability=prediction.probability,
+            threshold=prediction.threshold,
+            model_probs={m.name: m.probability for m in prediction.models},
+            model_versions=prediction.model_versions,
+            generator=prediction.generator,
+            generator_prob=prediction.generator_probability,
+            latency_ms=prediction.latency_ms,
+        )
 
 
 def alembic_config(url: str | None = None) -> Config:

@@ -1,19 +1,30 @@
-"""Fixtures for the serving tests: a throwaway PostgreSQL database per session, SQLite files per test."""
+"""Fixtures for the serving tests: a throwaway PostgreSQL database per session, SQLite files per test, and the
+live Serve app (deployed once per test module that asks for it) with a local image server."""
 
 from __future__ import annotations
 
+import http.server
 import os
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import yaml
 from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
+from typer.testing import CliRunner
 
+from genart.bench.harness import free_port
 from genart.bench.load import fresh_database as database_on_server
+from genart.cli import app as cli
 from genart.serve.store import PredictionStore, mask_url
+from tests.conftest import http_server, image_bytes, live_serve_config, untrained_artifact
 
 
 @contextmanager
@@ -82,3 +93,123 @@ def store(store_url: str) -> Iterator[PredictionStore]:
     store.upgrade()
     yield store
     store.dispose()
+
+
+API_KEY = "test-key-123"
+MAX_UPLOAD = 2_000_000
+MAX_BATCH = 4
+
+
+@dataclass
+class Live:
+    api: str
+    config_path: Path
+    config: dict[str, Any]
+    dashboard_port: int
+    metrics: str
+    pg_url: str
+    artifacts: dict[str, Path]
+
+    def client(self, key: str | None = API_KEY) -> httpx.Client:
+        return httpx.Client(base_url=self.api, headers={"X-API-Key": key} if key else {}, timeout=60)
+
+    def stored(self) -> int:
+        engine = create_engine(self.pg_url, poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                return connection.execute(text("SELECT count(*) FROM predictions")).scalar_one()
+        finally:
+            engine.dispose()
+
+    def settled(self, timeout_s: float = 60) -> int:
+        """The stored count once the app's buffer is empty (earlier tests' writes have landed)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            store = httpx.get(f"{self.api}/health", timeout=30).json()["parts"]["store"]["detail"]
+            if store["buffered"] == 0:
+                break
+            time.sleep(0.3)
+        return self.stored()
+
+    def wait_stored(self, expected: int, timeout_s: float = 60) -> int:
+        deadline = time.monotonic() + timeout_s
+        count = -1
+        while time.monotonic() < deadline:
+            try:
+                count = self.stored()
+            except Exception:
+                count = -1
+            if count >= expected:
+                return count
+            time.sleep(0.5)
+        return count
+
+    def redeploy(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        result = CliRunner().invoke(
+            cli,
+            ["serve", "up", "--config", str(self.config_path), "--dashboard-port", str(self.dashboard_port),
+             "--timeout", "180"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def live(ray_cluster: dict[str, int], pg_app_url: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    root = tmp_path_factory.mktemp("serve")
+    artifacts = {
+        "detector": untrained_artifact(root, "detector", "tiny", 0, threshold=0.4),
+        "attributor": untrained_artifact(
+            root, "attributor", "tiny_residual", 1, threshold=0.6, input_size=48,
+            classes=["nature", "imagenet_ai_0419_biggan", "imagenet_glide"],
+        ),
+        "detector_v2": untrained_artifact(root, "detector_v2", "tiny", 2, threshold=0.3, version="7"),
+    }  # fmt: skip
+    http_port = free_port()
+    env = {"DATABASE_URL": pg_app_url, "GENART_API_KEY": API_KEY, "GENART_LOG_DIR": str(root / "logs")}
+    config = live_serve_config(
+        http_port, env, artifacts, timeout_s=30, max_upload_bytes=MAX_UPLOAD, max_batch_images=MAX_BATCH,
+        url_allowlist=["127.0.0.1/32"], url_timeout_s=3,
+    )  # fmt: skip
+    config["logging_config"] = {"encoding": "JSON"}
+    config["applications"][0]["deployments"][2]["user_config"]["max_batch_size"] = 8
+    path = root / "serve_config.yaml"
+    live = Live(
+        api=f"http://127.0.0.1:{http_port}",
+        config_path=path,
+        config=config,
+        dashboard_port=ray_cluster["dashboard_port"],
+        metrics=f"http://127.0.0.1:{ray_cluster['metrics_port']}/metrics",
+        pg_url=pg_app_url,
+        artifacts=artifacts,
+    )
+    live.redeploy()
+    try:
+        yield live
+    finally:
+        CliRunner().invoke(cli, ["serve", "down", "--keep-ray", "--dashboard-port", str(live.dashboard_port)])
+
+
+@pytest.fixture(scope="module")
+def image_server() -> Any:
+    """A local web server: /img.png is an image, /to-metadata redirects to the cloud metadata address."""
+    png = image_bytes((64, 64), seed=5)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/img.png":
+                self.send_response(200)
+                self.send_header("Content-Type", "image/png")
+                self.send_header("Content-Length", str(len(png)))
+                self.end_headers()
+                self.wfile.write(png)
+            else:
+                self.send_response(302)
+                self.send_header("Location", "http://169.254.169.254/latest/meta-data/")
+                self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with http_server(Handler) as url:
+        yield url

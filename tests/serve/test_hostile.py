@@ -22,7 +22,7 @@ from sqlalchemy.pool import NullPool
 from genart.bench import hostile
 from genart.bench.fuzz import fuzz, require_loopback
 from tests.conftest import image_bytes
-from tests.serve.test_app import API_KEY, Live, image_server, live  # noqa: F401
+from tests.serve.conftest import API_KEY, Live
 
 pytestmark = [pytest.mark.ray, pytest.mark.db, pytest.mark.slow]
 
@@ -94,8 +94,8 @@ def test_the_corpus_is_what_make_corpus_writes() -> None:
 
 @pytest.mark.parametrize("case_id", list(CASES))
 def test_hostile_input_gets_its_expected_answer_and_never_a_5xx(
-    live: Live,  # noqa: F811
-    image_server: str,  # noqa: F811
+    live: Live,
+    image_server: str,
     case_id: str,
 ) -> None:
     case = CASES[case_id]
@@ -125,7 +125,7 @@ def test_hostile_input_gets_its_expected_answer_and_never_a_5xx(
         assert error["code"] == expect["code"], error
 
 
-def _serve_pids(live: Live) -> dict[str, int]:  # noqa: F811
+def _serve_pids(live: Live) -> dict[str, int]:
     """The PIDs of the Serve controller and of each replica, by actor class name."""
     from ray.util.state import list_actors
 
@@ -136,7 +136,7 @@ def _serve_pids(live: Live) -> dict[str, int]:  # noqa: F811
     }
 
 
-def test_hostile_headers_during_ordinary_traffic_leave_every_process_in_place(live: Live) -> None:  # noqa: F811
+def test_hostile_headers_during_ordinary_traffic_leave_every_process_in_place(live: Live) -> None:
     """8 hostile uploads at once (the worst kinds of genart.bench.hostile) while a client sends 100 ordinary
     images: each hostile one gets a 2xx or a JSON 4xx, every ordinary one a 200 that is stored, and no
     Serve process is replaced. The ordinary client's latency is printed, not asserted."""
@@ -176,13 +176,13 @@ def test_hostile_headers_during_ordinary_traffic_leave_every_process_in_place(li
     assert after == before
 
 
-def test_the_app_is_healthy_after_the_corpus(live: Live) -> None:  # noqa: F811
+def test_the_app_is_healthy_after_the_corpus(live: Live) -> None:
     response = httpx.get(f"{live.api}/health", timeout=30)
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ok"
 
 
-def test_every_accepted_hostile_input_was_stored(live: Live) -> None:  # noqa: F811
+def test_every_accepted_hostile_input_was_stored(live: Live) -> None:
     if not ACCEPTED:
         pytest.skip("run with the corpus cases: none was accepted in this session")
     total = live.settled()
@@ -199,7 +199,7 @@ def test_every_accepted_hostile_input_was_stored(live: Live) -> None:  # noqa: F
     assert set(ACCEPTED) - stored == set()
 
 
-def test_schemathesis_finds_no_server_error_in_any_operation(live: Live) -> None:  # noqa: F811
+def test_schemathesis_finds_no_server_error_in_any_operation(live: Live) -> None:
     report = fuzz(live.api, API_KEY, examples=25, seed=0)
     assert {"POST /predict", "POST /batch-predict", "POST /feedback", "GET /models"} <= set(report.statuses)
     assert report.calls >= 100

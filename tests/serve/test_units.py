@@ -13,10 +13,13 @@ from fastapi.testclient import TestClient
 
 from genart.config import DecodeLimits, ServeConfig
 from genart.data.transforms import InputSpec
-from genart.serve.api import LimitsMiddleware
 from genart.serve.client import GenartClient, expand_inputs, write_csv
 from genart.serve.deployments import Preprocessor, prepare_image, resident_bytes, spec_key
+from genart.serve.errors import BadRequest
 from genart.serve.logs import JsonFormatter, configure_logging
+from genart.serve.middleware import LimitsMiddleware, install_error_handlers
+from genart.serve.schemas import Prediction
+from genart.serve.store import PredictionRecord
 from tests.conftest import image_bytes, png_bomb
 
 
@@ -49,6 +52,7 @@ def test_serve_config_refuses_duplicate_model_names() -> None:
 def _guarded_app(limits: dict) -> TestClient:
     app = FastAPI()
     app.add_middleware(LimitsMiddleware)
+    install_error_handlers(app)
     app.state.limits = limits
 
     @app.post("/echo")
@@ -59,7 +63,69 @@ def _guarded_app(limits: dict) -> TestClient:
     async def health() -> dict:
         return {"ok": True}
 
-    return TestClient(app)
+    @app.get("/refuse")
+    async def refuse() -> dict:
+        raise BadRequest("no, because")
+
+    @app.get("/bug")
+    async def bug() -> dict:
+        raise RuntimeError("internal detail")
+
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def test_every_error_becomes_json_with_its_status_and_a_bug_says_nothing_about_internals() -> None:
+    client = _guarded_app({})
+    counted: list[tuple[str, str]] = []
+    client.app.state.ingress = type(
+        "Ingress", (), {"count_error": lambda self, c, r: counted.append((c, r))}
+    )()
+    assert client.get("/refuse").json()["error"] == {
+        "code": "bad_request",
+        "message": "no, because",
+        "status": 400,
+    }
+    invalid = client.post("/echo", content=b"[1]", headers={"content-type": "application/json"})
+    assert invalid.status_code == 422 and invalid.json()["error"]["code"] == "invalid_request"
+    assert client.get("/nowhere").json()["error"]["code"] == "not_found"
+    assert client.delete("/health").json()["error"]["code"] == "method_not_allowed"
+    bug = client.get("/bug")
+    assert bug.status_code == 500 and "internal detail" not in bug.text and bug.json()["request_id"]
+    assert [c for c, _ in counted] == [
+        "bad_request",
+        "invalid_request",
+        "not_found",
+        "method_not_allowed",
+        "internal",
+    ]
+
+
+def test_a_prediction_and_its_stored_record_carry_the_same_data() -> None:
+    scores = {
+        "detector": {"probability": 0.8, "threshold": 0.5, "version": "v1", "latency_ms": 3.0,
+                     "batch_size": 2},
+        "attributor": {"probability": 0.4, "threshold": 0.6, "version": "v2", "latency_ms": 4.0,
+                       "generator": "midjourney", "generator_probability": 0.3},
+    }  # fmt: skip
+    prediction = Prediction.from_scores(
+        scores, 0.6, 0.55, "mean", request_id="r1", latency_ms=9.0, source="upload", filename="a.png",
+        sha256="ab" * 32, width=10, height=20,
+    )  # fmt: skip
+    assert prediction.label == "ai" and prediction.generator == "midjourney"
+    assert [m.name for m in prediction.models] == ["detector", "attributor"]
+    assert prediction.model_versions == {"detector": "v1", "attributor": "v2"}
+    request = prediction.model_dump(
+        include={"request_id", "latency_ms", "source", "filename", "sha256", "width", "height"}
+    )
+    assert Prediction.from_scores(scores, 0.5, 0.55, "mean", **request).label == "nature"
+    record = PredictionRecord.from_prediction(prediction, image_bytes=123, url=None)
+    assert record.model_probs == {"detector": 0.8, "attributor": 0.4} and record.generator_prob == 0.3
+    assert (record.image_sha256, record.image_bytes, record.label, record.threshold) == (
+        "ab" * 32,
+        123,
+        "ai",
+        0.55,
+    )
 
 
 def test_limits_middleware_caps_the_body_and_checks_the_api_key() -> None:

@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import http.server
 import re
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from genart.bench.harness import free_port
 from genart.serve.client import GenartClient
 from genart.ui import PAGE
-from tests.conftest import free_port, image_bytes
+from tests.conftest import http_server, image_bytes, live_serve_config, untrained_artifact
 
 API_KEY = "ui-test-key"
 MAX_BATCH = 4  # smaller than the page's chunk, so that the page must split a refused batch
@@ -34,24 +33,6 @@ class LiveApi:
         return GenartClient(self.url, api_key=self.key, timeout_s=120)
 
 
-def _artifact(root: Path, name: str, zoo: str, seed: int, threshold: float, **meta: Any) -> Path:
-    import torch
-
-    from genart.models.artifact import ArtifactMeta, save_artifact
-    from genart.models.zoo import build_model, get_entry
-
-    torch.manual_seed(seed)
-    classes = meta.pop("classes", ["nature", "ai"])
-    model, spec = build_model(
-        zoo, pretrained=False, num_classes=len(classes), input_size=meta.pop("size", None)
-    )
-    info = ArtifactMeta(
-        name=zoo, timm_id=get_entry(zoo).timm_id, residual=get_entry(zoo).residual, input=spec.to_dict(),
-        classes=classes, threshold=threshold, **meta,
-    )  # fmt: skip
-    return save_artifact(model, info, root / name)
-
-
 @pytest.fixture(scope="session")
 def live_api(ray_cluster: dict[str, int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApi]:
     """The genart Serve app on the session's Ray cluster: a detector and an attributor, SQLite store, an
@@ -59,46 +40,19 @@ def live_api(ray_cluster: dict[str, int], tmp_path_factory: pytest.TempPathFacto
     from genart.cli import app as cli
 
     root = tmp_path_factory.mktemp("ui-serve")
-    detector = _artifact(root, "detector", "tiny", 0, threshold=0.4)
-    attributor = _artifact(
-        root, "attributor", "tiny_residual", 1, threshold=0.6, size=48,
-        classes=["nature", "imagenet_ai_0419_biggan", "imagenet_glide"],
-    )  # fmt: skip
+    artifacts = {
+        "detector": untrained_artifact(root, "detector", "tiny", 0, threshold=0.4),
+        "attributor": untrained_artifact(
+            root, "attributor", "tiny_residual", 1, threshold=0.6, input_size=48,
+            classes=["nature", "imagenet_ai_0419_biggan", "imagenet_glide"],
+        ),
+    }  # fmt: skip
     port = free_port()
-    config = {
-        "proxy_location": "HeadOnly",
-        "http_options": {"host": "127.0.0.1", "port": port, "request_timeout_s": 60},
-        "applications": [
-            {
-                "name": "genart",
-                "route_prefix": "/",
-                "import_path": "genart.serve.app:build_app",
-                "runtime_env": {
-                    "env_vars": {"DATABASE_URL": f"sqlite:///{root / 'genart.db'}", "GENART_API_KEY": API_KEY}
-                },
-                "args": {
-                    "models": [{"name": "detector"}, {"name": "attributor"}],
-                    "max_batch_images": MAX_BATCH,
-                    "url_allowlist": ["127.0.0.1/32"],
-                    "url_timeout_s": 5,
-                },
-                "deployments": [
-                    {"name": "EnsembleIngress", "ray_actor_options": {"num_cpus": 0.1}},
-                    {"name": "Preprocessor", "ray_actor_options": {"num_cpus": 0.1, "memory": 1536 * 2**20}},
-                    {
-                        "name": "detector",
-                        "ray_actor_options": {"num_cpus": 0.1, "memory": 1536 * 2**20},
-                        "user_config": {"artifact": str(detector)},
-                    },
-                    {
-                        "name": "attributor",
-                        "ray_actor_options": {"num_cpus": 0.1, "memory": 1536 * 2**20},
-                        "user_config": {"artifact": str(attributor)},
-                    },
-                ],
-            }
-        ],
-    }
+    env = {"DATABASE_URL": f"sqlite:///{root / 'genart.db'}", "GENART_API_KEY": API_KEY}
+    config = live_serve_config(
+        port, env, artifacts, timeout_s=60, max_batch_images=MAX_BATCH, url_allowlist=["127.0.0.1/32"],
+        url_timeout_s=5,
+    )  # fmt: skip
     path = root / "serve_config.yaml"
     path.write_text(yaml.safe_dump(config))
     dashboard = str(ray_cluster["dashboard_port"])
@@ -131,10 +85,8 @@ def image_server() -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with http_server(Handler) as url:
+        yield url
 
 
 @pytest.fixture

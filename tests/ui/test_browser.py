@@ -15,9 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+from genart.bench.harness import free_port
 from genart.ui import streamlit_command
 from genart.ui.present import fmt_p
-from tests.conftest import free_port, image_bytes
+from tests.conftest import image_bytes
 from tests.ui.conftest import LiveApi
 
 pytestmark = [pytest.mark.browser, pytest.mark.ray, pytest.mark.slow]

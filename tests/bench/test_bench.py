@@ -32,9 +32,10 @@ def test_serve_benchmark_ceiling_and_plain_app_run_the_same_models(tmp_path: Pat
     from fastapi.testclient import TestClient
 
     from genart.bench import serve as bench_serve
+    from genart.bench.harness import bench_artifacts, bench_images
 
-    artifacts = bench_serve._bench_artifacts(tmp_path, size=32)
-    images = bench_serve._images(4, 48)
+    artifacts = bench_artifacts(tmp_path, size=32)
+    images = bench_images(4, 48)
     ceiling = bench_serve.ceiling(artifacts, images, batch=2)
     assert ceiling["img_s"] > 0 and ceiling["batch"] == 2
     client = TestClient(bench_serve.plain_app([str(a) for a in artifacts]))

@@ -7,15 +7,8 @@ import pytest
 
 from genart.bench.chaos import fault_stats, shm_fill_bytes
 from genart.bench.chaos import markdown as chaos_markdown
-from genart.bench.load import (
-    Event,
-    _ray_label,
-    lost_predictions,
-    memory_growth,
-    percentiles,
-    saturation,
-    step_summary,
-)
+from genart.bench.harness import Event, percentiles, ray_label, step_summary
+from genart.bench.load import lost_predictions, memory_growth, saturation
 from genart.bench.report import collect, markdown
 
 
@@ -204,7 +197,7 @@ def test_chaos_markdown_renders_fabricated_scenarios(tmp_path: Path) -> None:
 def test_ray_processes_are_labelled_by_role_without_the_running_method(
     cmdline: list[str], label: str
 ) -> None:
-    assert _ray_label(cmdline, "python") == label
+    assert ray_label(cmdline, "python") == label
 
 
 def test_the_fuzz_json_is_preferred_to_the_markdown(tmp_path: Path) -> None:

@@ -1,13 +1,14 @@
-"""The HTTP API: the EnsembleIngress deployment (FastAPI), its limits, auth and error mapping.
+"""The HTTP API's routes: the EnsembleIngress deployment (FastAPI) and its one classify path.
 
-Every error the API returns is an :class:`~genart.serve.errors.APIError` mapped to JSON here, in one place;
-bad input never becomes a 5xx. Predictions are written to the store off the request path.
+Each route parses its input and calls :meth:`EnsembleIngress._classify`, which scores the image with every
+model, combines them with the ensemble rule (:mod:`genart.models.ensemble`) and labels the result with the
+label rule (:mod:`genart.models.predict`). Middleware and the mapping of errors to JSON live in
+:mod:`genart.serve.middleware`. Predictions are written to the store off the request path.
 """
 
 import asyncio
 import base64
 import binascii
-import hmac
 import json
 import logging
 import time
@@ -15,11 +16,9 @@ import uuid
 from typing import Any
 
 from fastapi import FastAPI, File, Request, UploadFile
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import genart
 from genart.config import ServeConfig, Settings
@@ -29,12 +28,11 @@ from genart.serve.errors import (
     APIError,
     BadRequest,
     NotFound,
-    PayloadTooLarge,
     ServiceUnavailable,
-    Unauthorized,
     UnprocessableImage,
     UnsupportedMediaType,
 )
+from genart.serve.middleware import LimitsMiddleware, current_request_id, install_error_handlers
 from genart.serve.schemas import (
     BatchItem,
     BatchPrediction,
@@ -43,7 +41,6 @@ from genart.serve.schemas import (
     FeedbackResult,
     Health,
     ModelInfo,
-    ModelScore,
     ModelsReport,
     PartHealth,
     Prediction,
@@ -52,79 +49,7 @@ from genart.serve.schemas import (
 
 __all__ = ["EnsembleIngress", "app"]
 
-log = logging.getLogger("genart.serve.api")
-
-PUBLIC_PATHS = frozenset({"/health"})
-
-
-def _error_response(error: APIError, request_id: str | None = None) -> JSONResponse:
-    body = error.to_dict()
-    if request_id:
-        body["request_id"] = request_id
-    return JSONResponse(body, status_code=error.status)
-
-
-class LimitsMiddleware:
-    """The two things Ray Serve lacks: a request-size cap (413, also for chunked bodies) and an API key.
-
-    It reads the limits from ``app.state.limits`` (set by the ingress) so that ``reconfigure`` changes them.
-    """
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limits = getattr(scope["app"].state, "limits", {})
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        api_key = limits.get("api_key")
-        if api_key and scope.get("path") not in PUBLIC_PATHS:
-            given = (
-                headers.get("x-api-key") or headers.get("authorization", "").removeprefix("Bearer ").strip()
-            )
-            if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
-                await _error_response(
-                    Unauthorized("missing or wrong API key: send it in the X-API-Key header")
-                )(scope, receive, send)
-                return
-        cap = int(limits.get("max_upload_bytes", 0))
-        if not cap:
-            await self.app(scope, receive, send)
-            return
-        too_large = PayloadTooLarge(f"request body is larger than the {cap}-byte limit")
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
-            await _error_response(too_large)(scope, receive, send)
-            return
-        received = 0
-        exceeded = False
-
-        async def limited_receive() -> dict:
-            nonlocal received, exceeded
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > cap:
-                    exceeded = True  # stop reading; the app's answer to a cut body is replaced below
-                    return {"type": "http.disconnect"}
-            return message
-
-        started = False
-
-        async def guarded_send(message: dict) -> None:
-            nonlocal started
-            if exceeded:
-                if not started:
-                    started = True
-                    await _error_response(too_large)(scope, receive, send)
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        await self.app(scope, limited_receive, guarded_send)
-
+log = logging.getLogger("genart.serve.ingress")
 
 app = FastAPI(
     title="genart",
@@ -143,57 +68,7 @@ app = FastAPI(
     },
 )
 app.add_middleware(LimitsMiddleware)
-
-
-def _metrics_error(request: Request, error: APIError) -> None:
-    ingress = getattr(request.app.state, "ingress", None)
-    if ingress is not None:
-        ingress.count_error(error.code, request.url.path)
-
-
-@app.exception_handler(APIError)
-async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-    _metrics_error(request, exc)
-    log.info("refused %s: %s", request.url.path, exc.message, extra={"status": exc.status, "code": exc.code})
-    return _error_response(exc)
-
-
-@app.exception_handler(RequestValidationError)
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = "; ".join(
-        f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors()
-    )
-    error = APIError(f"invalid request: {problems}", status=422, code="invalid_request")
-    _metrics_error(request, error)
-    return _error_response(error)
-
-
-@app.exception_handler(StarletteHTTPException)
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    error = APIError(str(exc.detail), status=exc.status_code, code=code)
-    _metrics_error(request, error)
-    return _error_response(error)
-
-
-@app.exception_handler(Exception)
-async def _server_error(request: Request, exc: Exception) -> JSONResponse:
-    """A bug, not bad input: logged with its traceback, answered as JSON without internals."""
-    log.exception("unhandled error on %s", request.url.path)
-    error = APIError("internal error; it has been logged", status=500, code="internal")
-    _metrics_error(request, error)
-    return _error_response(error, request_id=_request_id())
-
-
-def _request_id() -> str:
-    """Serve's own request id (also in its access log and the X-Request-Id header), else a fresh one."""
-    try:
-        from ray.serve.context import _get_serve_request_context
-
-        rid = _get_serve_request_context().request_id
-    except Exception:  # outside a Serve request
-        rid = ""
-    return rid or uuid.uuid4().hex
+install_error_handlers(app)
 
 
 _MULTIPART_ONE = {
@@ -375,81 +250,36 @@ class EnsembleIngress:
 
         await self._ensure_started()
         start = time.perf_counter()
-        request_id = request_id or _request_id()
         prepared, _, scores = await self._score(data)
         if any("error" in s for s in scores.values()):
             raise ServiceUnavailable(f"a model could not answer: {scores}")
-        names = list(scores)
         t0 = time.perf_counter()
-        weights = [self.weights.get(n, 1.0) for n in names]
         probability, threshold = ensemble_verdict(
-            [scores[n]["probability"] for n in names],
-            [scores[n]["threshold"] for n in names],
-            weights,
+            [s["probability"] for s in scores.values()],
+            [s["threshold"] for s in scores.values()],
+            [self.weights.get(n, 1.0) for n in scores],
             self.config.rule,
             self.config.threshold,
         )
-        label = label_for(probability, threshold)
-        attributed = [s for s in scores.values() if s.get("generator")]
-        best = max(attributed, key=lambda s: s["generator_probability"]) if attributed else None
         ensemble_ms = (time.perf_counter() - t0) * 1000
-        latency_ms = (time.perf_counter() - start) * 1000
-        prediction = Prediction(
-            request_id=request_id,
-            label=label,
-            probability=probability,
-            threshold=threshold,
-            rule=self.config.rule,
-            models=[
-                ModelScore(
-                    name=n,
-                    version=scores[n]["version"],
-                    probability=scores[n]["probability"],
-                    threshold=scores[n]["threshold"],
-                    latency_ms=scores[n]["latency_ms"],
-                    generator=scores[n].get("generator"),
-                    generator_probability=scores[n].get("generator_probability"),
-                )
-                for n in names
-            ],
-            model_versions={n: scores[n]["version"] for n in names},
-            generator=best["generator"] if best else None,
-            generator_probability=best["generator_probability"] if best else None,
-            latency_ms=latency_ms,
-            source=source,
-            filename=filename,
-            sha256=prepared.sha256,
-            width=prepared.width,
+        prediction = Prediction.from_scores(
+            scores, probability, threshold, self.config.rule,
+            request_id=request_id or current_request_id(), latency_ms=(time.perf_counter() - start) * 1000,
+            source=source, filename=filename, sha256=prepared.sha256, width=prepared.width,
             height=prepared.height,
-        )
+        )  # fmt: skip
         self.writer.submit(
-            PredictionRecord(
-                request_id=request_id,
-                source=source,
-                url=url,
-                filename=filename,
-                image_sha256=prepared.sha256,
-                image_bytes=prepared.size_bytes,
-                width=prepared.width,
-                height=prepared.height,
-                label=label,
-                probability=probability,
-                threshold=threshold,
-                model_probs={n: scores[n]["probability"] for n in names},
-                model_versions=prediction.model_versions,
-                generator=prediction.generator,
-                generator_prob=prediction.generator_probability,
-                latency_ms=latency_ms,
-            )
+            PredictionRecord.from_prediction(prediction, image_bytes=prepared.size_bytes, url=url)
         )
-        self._observe(prediction, prepared.decode_ms, scores, ensemble_ms)
+        self._observe(prediction, prepared.decode_ms, ensemble_ms)
         log.info(
-            "predicted %s p=%.4f", label, probability,
-            extra={"request_id": request_id, "source": source, "latency_ms": round(latency_ms, 2)},
+            "predicted %s p=%.4f", prediction.label, probability,
+            extra={"request_id": prediction.request_id, "source": source,
+                   "latency_ms": round(prediction.latency_ms, 2)},
         )  # fmt: skip
         return prediction
 
-    def _observe(self, p: Prediction, decode_ms: float, scores: dict[str, Any], ensemble_ms: float) -> None:
+    def _observe(self, p: Prediction, decode_ms: float, ensemble_ms: float) -> None:
         m = self.metrics
         m.predictions.inc(tags={"label": p.label, "model": "ensemble"})
         m.stage_latency.observe(decode_ms, tags={"stage": "decode"})

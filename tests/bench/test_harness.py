@@ -1,0 +1,61 @@
+"""The bench harness without Ray: the load driver against a tiny local HTTP server, and waiting for HTTP."""
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
+
+import pytest
+
+from genart.bench.harness import bench_images, drive, free_port, step_summary, wait_http
+from tests.conftest import http_server
+
+
+class _Answer(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200 if "ok" in self.path else 503)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    with http_server(_Answer) as url:
+        yield url
+
+
+def test_drive_sends_exactly_the_requests_asked_for_and_the_summary_counts_them(server: str) -> None:
+    events, elapsed = asyncio.run(drive(f"{server}/ok", bench_images(2, 8), concurrency=3, requests=10))
+    summary = step_summary(events, elapsed)
+    assert summary["requests"] == summary["ok"] == 10 and summary["errors"] == {}
+    failing, elapsed = asyncio.run(drive(f"{server}/down", bench_images(1, 8), concurrency=2, requests=4))
+    assert step_summary(failing, elapsed)["errors"] == {"503": 4}
+
+
+def test_drive_keeps_going_through_refused_connections_until_its_time_is_up() -> None:
+    events, elapsed = asyncio.run(
+        drive(f"http://127.0.0.1:{free_port()}/predict", bench_images(1, 8), concurrency=2, seconds=0.5)
+    )
+    assert events and all(e.status == 0 and e.error for e in events) and elapsed >= 0.5
+
+
+def test_drive_stops_when_told(server: str) -> None:
+    stop = threading.Event()
+    stop.set()
+    events, _ = asyncio.run(drive(f"{server}/ok", bench_images(1, 8), concurrency=2, stop=stop))
+    assert events == []
+
+
+def test_wait_http_returns_once_the_server_answers_and_times_out_otherwise(server: str) -> None:
+    wait_http(f"{server}/health", timeout_s=5)
+    with pytest.raises(TimeoutError, match="never answered"):
+        wait_http(f"http://127.0.0.1:{free_port()}/health", timeout_s=1)
