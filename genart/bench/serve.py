@@ -241,6 +241,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     parser.add_argument("--profile", action="store_true", help="py-spy the Serve processes at concurrency 16")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
     images = bench_images(32, args.image_size)
     requests = {1: max(args.requests // 4, 16), 4: max(args.requests // 2, 16), 16: args.requests}
     with tempfile.TemporaryDirectory() as tmp:
