@@ -348,6 +348,11 @@ def export_artifact(
     if fmt == "tflite":
         _edge_modules()
     loaded = load_artifact(artifact)
+    if loaded.meta.kind != "timm":
+        raise ValueError(
+            f"{loaded.meta.name} is a {loaded.meta.kind!r} model (a frozen encoder and a trained head), "
+            "not one PyTorch network: export handles the zoo's timm networks"
+        )
     is_uri = str(artifact).startswith(("models:/", "runs:/", "mlflow-artifacts:/"))
     default = Path("exports") / loaded.meta.name if is_uri else Path(loaded.source) / "export"
     out_dir = Path(out) if out else default

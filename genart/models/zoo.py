@@ -155,7 +155,8 @@ class ResidualDetector(nn.Module):
     @staticmethod
     def residual(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
         # Nearest down-sampling by an integer factor keeps every factor-th pixel: a strided slice computes the
-        # same tensor as F.interpolate(scale_factor=1/factor), and LiteRT can lower it (TFLite export).
+        # same tensor as F.interpolate(scale_factor=1/factor), while LiteRT's lowering of that interpolation
+        # samples other pixels (the TFLite export missed parity with it).
         height, width = x.shape[-2] // factor, x.shape[-1] // factor
         small = x[..., : height * factor : factor, : width * factor : factor]
         return x - F.interpolate(small, size=x.shape[-2:], mode="nearest")

@@ -83,3 +83,14 @@ def test_tflite_without_the_edge_extra_says_how_to_install_it(
 def test_int8_is_refused_for_other_formats(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--int8 is for --format tflite"):
         export_artifact(_artifact(tmp_path, "tiny"), "onnx", int8=True)
+
+
+def test_a_frozen_encoder_model_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from genart.models.artifact import NETWORK_LOADERS, read_meta
+
+    artifact = _artifact(tmp_path, "tiny")
+    meta = read_meta(artifact).model_copy(update={"kind": "frozen"})
+    (artifact / "genart.json").write_text(meta.model_dump_json())
+    monkeypatch.setitem(NETWORK_LOADERS, "frozen", NETWORK_LOADERS["timm"])
+    with pytest.raises(ValueError, match=r"'frozen' model .* not one PyTorch network"):
+        export_artifact(artifact, "onnx")
