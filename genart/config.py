@@ -222,6 +222,18 @@ class ServeConfig(_Section):
     store_buffer: int = Field(
         10_000, ge=1, description="predictions held in memory while the database is down"
     )
+    request_deadline_s: float = Field(
+        20.0,
+        gt=0,
+        description="the ingress answers 504 JSON past this; keep it under http_options.request_timeout_s "
+        "(30 s in serve_config.yaml) so that Serve's proxy never answers in plain text",
+    )
+    max_in_flight: int = Field(
+        48,
+        ge=1,
+        description="requests the ingress works on at once; more get 503 JSON with Retry-After. Keep it "
+        "under the ingress' max_ongoing_requests (64)",
+    )
 
     @field_validator("models")
     @classmethod

@@ -78,3 +78,15 @@ class URLFetchFailed(APIError):
 
 class ServiceUnavailable(APIError):
     status, code = 503, "unavailable"
+
+
+class Overloaded(APIError):
+    """More requests in the ingress than it takes at once: retry after a moment (``Retry-After``)."""
+
+    status, code = 503, "overloaded"
+
+
+class DeadlineExceeded(APIError):
+    """The request ran past the app's deadline, which ends before Serve's own ``request_timeout_s``."""
+
+    status, code = 504, "deadline_exceeded"

@@ -32,7 +32,12 @@ from genart.serve.errors import (
     UnprocessableImage,
     UnsupportedMediaType,
 )
-from genart.serve.middleware import LimitsMiddleware, current_request_id, install_error_handlers
+from genart.serve.middleware import (
+    DeadlineMiddleware,
+    LimitsMiddleware,
+    current_request_id,
+    install_error_handlers,
+)
 from genart.serve.schemas import (
     BatchItem,
     BatchPrediction,
@@ -65,10 +70,13 @@ app = FastAPI(
         413: {"description": "body over the size limit", "model": ErrorBody},
         415: {"description": "unsupported content type", "model": ErrorBody},
         422: {"description": "not a usable image, or a malformed body", "model": ErrorBody},
+        503: {"description": "overloaded (Retry-After) or a dependency unavailable", "model": ErrorBody},
+        504: {"description": "the request passed the app's deadline", "model": ErrorBody},
     },
 )
 app.add_middleware(LimitsMiddleware)
 install_error_handlers(app)
+app.add_middleware(DeadlineMiddleware)  # added last, so outermost: the deadline covers the whole request
 
 
 _MULTIPART_ONE = {
@@ -167,6 +175,8 @@ class EnsembleIngress:
         app.state.limits = {
             "max_upload_bytes": self.config.max_upload_bytes,
             "api_key": self.settings.api_key,
+            "request_deadline_s": self.config.request_deadline_s,
+            "max_in_flight": self.config.max_in_flight,
         }
 
     def count_error(self, code: str, route: str) -> None:

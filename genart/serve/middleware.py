@@ -1,5 +1,5 @@
-"""What wraps the routes of the HTTP API: the size and API-key middleware, and the one place where errors
-become JSON.
+"""What wraps the routes of the HTTP API: the deadline, size and API-key middleware, and the one place where
+errors become JSON.
 
 Every error the API returns is an :class:`~genart.serve.errors.APIError` mapped to JSON here; bad input never
 becomes a 5xx, and a bug becomes a 500 whose body says nothing about internals.
@@ -7,6 +7,7 @@ becomes a 5xx, and a bug becomes a 500 whose body says nothing about internals.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import uuid
@@ -17,10 +18,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from genart.serve.errors import APIError, PayloadTooLarge, Unauthorized
+from genart.serve.errors import APIError, DeadlineExceeded, Overloaded, PayloadTooLarge, Unauthorized
 
 __all__ = [
     "PUBLIC_PATHS",
+    "DeadlineMiddleware",
     "LimitsMiddleware",
     "current_request_id",
     "error_response",
@@ -50,6 +52,49 @@ def current_request_id() -> str:
     except Exception:  # outside a Serve request
         rid = ""
     return rid or uuid.uuid4().hex
+
+
+class DeadlineMiddleware:
+    """Answers in JSON before Serve would in plain text: 503 ``overloaded`` past ``max_in_flight`` requests
+    at once, 504 ``deadline_exceeded`` past ``request_deadline_s`` (both from ``app.state.limits``).
+
+    ``/health`` is neither counted nor timed, so that probes still see an overloaded but live replica.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.in_flight = 0
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        limits = getattr(scope["app"].state, "limits", {})
+        deadline, most = limits.get("request_deadline_s"), limits.get("max_in_flight")
+        if most and self.in_flight >= most:
+            response = error_response(Overloaded(f"the service is working on {most} requests; retry shortly"))
+            response.headers["Retry-After"] = "1"
+            await response(scope, receive, send)
+            return
+        started = False
+
+        async def tracked_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        self.in_flight += 1
+        try:
+            await asyncio.wait_for(self.app(scope, receive, tracked_send), timeout=deadline)
+        except TimeoutError:
+            log.warning("deadline of %s s passed on %s", deadline, scope.get("path"))
+            if not started:
+                error = DeadlineExceeded(
+                    f"the request took longer than the {deadline} s deadline; retry later"
+                )
+                await error_response(error)(scope, receive, send)
+        finally:
+            self.in_flight -= 1
 
 
 class LimitsMiddleware:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -17,7 +20,7 @@ from genart.serve.client import GenartClient, expand_inputs, write_csv
 from genart.serve.deployments import Preprocessor, prepare_image, resident_bytes, spec_key
 from genart.serve.errors import BadRequest
 from genart.serve.logs import JsonFormatter, configure_logging
-from genart.serve.middleware import LimitsMiddleware, install_error_handlers
+from genart.serve.middleware import DeadlineMiddleware, LimitsMiddleware, install_error_handlers
 from genart.serve.schemas import Prediction
 from genart.serve.store import PredictionRecord
 from tests.conftest import image_bytes, png_bomb
@@ -178,3 +181,46 @@ def test_preprocessor_reports_unhealthy_past_its_memory_cap() -> None:
     with pytest.raises(RuntimeError, match="above its cap"):
         preprocessor.check_health()
     assert preprocessor.decode_slots >= 1
+
+
+def test_deadline_middleware_answers_json_504_past_the_deadline_and_503_when_full() -> None:
+    app = FastAPI()
+    app.add_middleware(DeadlineMiddleware)
+    app.state.limits = {"request_deadline_s": 0.2, "max_in_flight": 1}
+    gate = asyncio.Event()
+
+    @app.get("/slow")
+    async def slow() -> dict:
+        await asyncio.sleep(5)
+        return {}
+
+    @app.get("/wait")
+    async def wait() -> dict:
+        await gate.wait()
+        return {"waited": True}
+
+    @app.get("/quick")
+    async def quick() -> dict:
+        return {}
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"ok": True}
+
+    with TestClient(app) as client:
+        late = client.get("/slow")
+        assert late.status_code == 504 and late.json()["error"]["code"] == "deadline_exceeded"
+        app.state.limits = {"request_deadline_s": 30, "max_in_flight": 1}
+        with ThreadPoolExecutor(1) as pool:
+            first = pool.submit(client.get, "/wait")
+            for _ in range(1000):  # until the waiting request holds the one slot
+                if first.done():  # it arrived while a probe held the slot, and was refused: send it again
+                    first = pool.submit(client.get, "/wait")
+                busy = client.get("/quick")
+                if busy.status_code == 503:
+                    break
+                time.sleep(0.01)
+            assert busy.json()["error"]["code"] == "overloaded" and busy.headers["Retry-After"] == "1"
+            assert client.get("/health").status_code == 200  # probes are never refused
+            client.portal.call(gate.set)
+            assert first.result().json() == {"waited": True}
