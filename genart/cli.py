@@ -273,9 +273,16 @@ def train(
     )
     if cfg.data.manifest is None:
         _fail("no data: pass --data MANIFEST (from `genart data split`) or set data.manifest in the config")
+    from genart.models.clip import EncoderUnavailable
+    from genart.models.zoo import get_entry
+    from genart.train.head import fit_frozen
+
     try:
-        result = fit(cfg, cfg.data.manifest, out=out, resume=resume, track=track, artifact_name=name)
-    except (PretrainedWeightsUnavailable, FileNotFoundError, ValueError) as exc:
+        if get_entry(cfg.model.name).kind == "clip":  # a frozen encoder: features cached, the head fitted
+            result = fit_frozen(cfg, cfg.data.manifest, out=out, artifact_name=name)
+        else:
+            result = fit(cfg, cfg.data.manifest, out=out, resume=resume, track=track, artifact_name=name)
+    except (PretrainedWeightsUnavailable, EncoderUnavailable, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     _print_result(result)
 
@@ -352,7 +359,11 @@ def evaluate_cmd(
     ] = None,
     data: Annotated[Path, typer.Option(help="manifest (indexed, or split)")] = Path("manifest.split.parquet"),
     protocol: Annotated[
-        str, typer.Option(help="'standard', or 'logo': train on all generators but one, test on it, for each")
+        str,
+        typer.Option(
+            help="'standard'; 'logo': train on all generators but one, test on it, for each; "
+            "'loso': hold out each generator family and photo source in turn (frozen encoders, --config)"
+        ),
     ] = "standard",
     config: Annotated[Path | None, typer.Option(help="experiment YAML for --protocol logo")] = None,
     overrides: SetOption = None,
@@ -378,8 +389,11 @@ def evaluate_cmd(
     if protocol == "logo":
         _logo(config, overrides, data, out)
         return
+    if protocol == "loso":
+        _loso(config, overrides, data, out)
+        return
     if protocol != "standard":
-        _fail(f"unknown protocol {protocol!r}: use 'standard' or 'logo'")
+        _fail(f"unknown protocol {protocol!r}: use 'standard', 'logo' or 'loso'")
     if artifact is None:
         _fail("give an ARTIFACT to evaluate (a directory or models:/genart-<name>/<version>)")
     from genart.data.pipeline import select_rows
@@ -640,6 +654,30 @@ def card_cmd(
     for goal in card.goals:
         typer.echo(f"{'met    ' if goal.met else 'NOT met'}  {goal.text}: {goal.value:.3f}")
     typer.echo(f"card: {path}")
+
+
+def _loso(config: Path | None, overrides: list[str] | None, data: Path, out: Path | None) -> None:
+    from genart.evaluate.loso import write_loso
+    from genart.models.clip import EncoderUnavailable
+    from genart.models.zoo import get_entry
+    from genart.train.head import loso_frozen
+
+    cfg = _config(config, overrides)
+    if get_entry(cfg.model.name).kind != "clip":
+        _fail(f"--protocol loso fits one model per held-out group: {cfg.model.name} would need one training "
+              "run each; run it for a frozen-encoder model (e.g. jobs/configs/wild-clip.yaml)")  # fmt: skip
+    if not data.exists():
+        _fail(f"no manifest at {data}")
+    try:
+        result = loso_frozen(cfg, data)
+    except (EncoderUnavailable, FileNotFoundError, ValueError, KeyError) as exc:
+        _fail(str(exc))
+    out = out or Path("reports/loso") / cfg.model.name
+    report = write_loso(result, out, title=f"{cfg.model.name}: leave one source out ({data.name})")
+    typer.echo(result.table.to_string(float_format=lambda v: f"{v:.3f}"))
+    summary = result.summary()
+    typer.echo(f"\nmean ROC-AUC {summary['loso_mean_auc']:.3f}, lowest {summary['loso_min_auc']:.3f} "
+               f"({summary['loso_min_group']}); report: {report}")  # fmt: skip
 
 
 def _logo(config: Path | None, overrides: list[str] | None, data: Path, out: Path | None) -> None:

@@ -23,7 +23,15 @@ from sklearn.preprocessing import StandardScaler
 from genart.config import GenartConfig
 from genart.data.pipeline import select_rows
 
-__all__ = ["fit_frozen", "fit_head", "frozen_detector", "training_matrix", "with_sha256"]
+__all__ = [
+    "fit_frozen",
+    "fit_head",
+    "frozen_detector",
+    "loso_frozen",
+    "manifest_rows",
+    "training_matrix",
+    "with_sha256",
+]
 
 log = logging.getLogger(__name__)
 
@@ -133,3 +141,39 @@ def fit_frozen(
         loaded, config, manifest, Path(out) / (artifact_name or run_name), run_name, None, pd.DataFrame(),
         evaluate_test=evaluate_test, workers=workers,
     )  # fmt: skip
+
+
+def manifest_rows(manifest: str | Path, split: str | None, config: GenartConfig) -> pd.DataFrame:
+    """Binary rows of ``split`` with sha256 and provenance (``family``, ``source``) from the manifest."""
+    rows = select_rows(manifest, split, config.data.generators, config.data.exclude_generators)
+    columns = [
+        c for c in ("path", "sha256", "family", "source", "origin") if c in pd.read_parquet(manifest).columns
+    ]
+    return rows.merge(
+        pd.read_parquet(manifest, columns=columns).drop_duplicates("path"), on="path", how="left"
+    )
+
+
+def loso_frozen(config: GenartConfig, manifest: str | Path, split: str | None = "train", min_size: int = 20):
+    """Leave-one-source-out for a frozen-encoder model: one head per held-out group, on cached features."""
+    from genart.evaluate.loso import leave_one_source_out
+    from genart.evaluate.metrics import ai_probability
+    from genart.train.trainer import init_ray
+
+    init_ray()
+    rows = manifest_rows(manifest, split, config)
+    detector = frozen_detector(config, 2)
+    cache = detector.feature_cache(config.augment)
+    views = [
+        cache.matrix(rows, "eval"),
+        *(cache.matrix(rows, f"train{k}") for k in range(config.model.train_views)),
+    ]
+    target = rows["target"].to_numpy()
+
+    def fit_score(train: np.ndarray, score: np.ndarray) -> np.ndarray:
+        x = np.concatenate([view[train] for view in views])
+        head = fit_head(x, np.tile(target[train], len(views)), 2, config.model.head_c, config.data.seed)
+        with torch.inference_mode():
+            return ai_probability(head(torch.from_numpy(views[0][score])))
+
+    return leave_one_source_out(rows, fit_score, min_size=min_size)
