@@ -90,6 +90,9 @@ class DataConfig(_Section):
     seed: int = 0
     generators: list[str] | None = Field(None, description="train only on these generators (None: all)")
     exclude_generators: list[str] = Field(default_factory=list, description="hold these generators out")
+    max_per_generator: int | None = Field(
+        None, ge=1, description="train on at most this many images per generator x label (seeded sample)"
+    )
 
 
 class AugmentConfig(_Section):

@@ -27,9 +27,20 @@ from genart.data.transforms import (
     train_transform,
 )
 
-__all__ = ["ManifestDataset", "decode_batch", "make_dataset", "select_rows"]
+__all__ = ["ManifestDataset", "cap_per_generator", "decode_batch", "make_dataset", "select_rows"]
 
 log = logging.getLogger(__name__)
+
+
+def cap_per_generator(rows: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
+    """At most ``limit`` rows per generator x label, a seeded sample by path hash; order kept. None: all."""
+    if limit is None:
+        return rows
+    import hashlib
+
+    rank = rows["path"].map(lambda p: hashlib.sha256(f"{seed}:{p}".encode()).hexdigest())
+    keep = rank.groupby([rows["generator"], rows["label"]]).rank(method="first") <= limit
+    return rows[keep.to_numpy()].reset_index(drop=True)
 
 
 def select_rows(

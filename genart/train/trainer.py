@@ -23,7 +23,7 @@ import torch
 
 from genart.config import GenartConfig, Settings
 from genart.data.layout import CLASSES
-from genart.data.pipeline import make_dataset, select_rows
+from genart.data.pipeline import cap_per_generator, make_dataset, select_rows
 from genart.evaluate.evaluation import EvaluationResult, calibrate, evaluate, write_evaluation
 from genart.models.artifact import (
     ArtifactMeta,
@@ -80,7 +80,10 @@ def model_classes(config: GenartConfig, manifest: Path) -> list[str]:
 
 
 def _rows(config: GenartConfig, manifest: Path, split: str, classes: list[str] | None = None) -> pd.DataFrame:
-    return select_rows(manifest, split, config.data.generators, config.data.exclude_generators, classes)
+    rows = select_rows(manifest, split, config.data.generators, config.data.exclude_generators, classes)
+    if split != "train":
+        return rows
+    return cap_per_generator(rows, config.data.max_per_generator, config.data.seed)
 
 
 def build_trainer(
