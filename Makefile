@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install weights install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve bench-budget real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
+.PHONY: help install weights wild wild-data wild-align wild-train wild-eval wild-serve install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve bench-budget real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -179,6 +179,64 @@ real-serve: $(VENV)/.installed ## serve the real-image ensemble (serve_config.ya
 	PATH=$(abspath $(VENV))/bin:$$PATH $(GENART) serve up --config reports/real/serve_config.yaml --port $(RAY_PORT)
 	$(GENART) predict $(REAL_SAMPLE) --out reports/real/api-predictions.csv \
 		--compare-with $(REAL_EVAL)/real-ensemble-sample
+
+# --- The wild recipe (issue 16): many generator families, a frozen CLIP backbone, content-aligned fakes, judged
+# on held-out sources. Images come from ../shared/data/wild-train (materialized from public GitHub snapshots:
+# WILD_MIRROR is the folder the search tool's fetch wrote them to) plus real-train; real-sample is never trained on.
+WILD_TRAIN  ?= ../shared/data/wild-train
+WILD_IMAGES ?= data/wild
+WILD_MIRROR ?=
+TAEF2       ?= ../shared/weights/taef2
+WILD        := data/wild-run
+WILD_EVAL   := reports/wild/eval
+
+wild: wild-data wild-align wild-train wild-eval ## the wild recipe: data, aligned fakes, clip_b16 + lite0 + residual + ensemble, LOSO, real-sample, card
+
+$(WILD_IMAGES)/.materialized:
+	@test -n "$(WILD_MIRROR)" || { echo "no $(WILD_IMAGES): fetch the repositories $(WILD_TRAIN)/manifest.csv names (the search tool's fetch) and run make wild-data WILD_MIRROR=<the folder fetch reports>"; exit 2; }
+	MIRROR=$(WILD_MIRROR) bash $(WILD_TRAIN)/materialize.sh $(WILD_IMAGES)
+	touch $@
+
+wild-data: $(VENV)/.installed $(WILD_IMAGES)/.materialized ## wild-train + real-train indexed with provenance, split by origin, data report with the shortcut check after the transforms
+	$(GENART) data index $(WILD_IMAGES) $(REAL_TRAIN) --provenance $(WILD_TRAIN)/manifest.csv \
+		--provenance $(REAL_TRAIN)/provenance.csv --out $(WILD)/train.parquet
+	$(GENART) data split $(WILD)/train.parquet --out $(WILD)/train.split.parquet
+	$(GENART) data index $(REAL_SAMPLE) --out $(WILD)/sample.parquet
+	$(GENART) data report $(WILD)/train.split.parquet --out reports/wild/data --config jobs/configs/wild-clip.yaml
+
+wild-align: $(VENV)/.installed ## TAEF2 reconstructions of a fifth of each source's photos, as the taef2 family
+	$(GENART) data align $(WILD)/train.split.parquet --out $(WILD)/aligned --weights $(TAEF2) \
+		--manifest-out $(WILD)/train.aligned.parquet
+
+wild-train: $(VENV)/.installed weights ## clip_b16 with and without the aligned fakes, lite0, residual, the weighted ensemble
+	@$(GENART) serve down > /dev/null 2>&1 || true
+	$(GENART) train --config jobs/configs/wild-clip.yaml --data $(WILD)/train.aligned.parquet --name wild-clip
+	$(GENART) train --config jobs/configs/wild-clip.yaml --data $(WILD)/train.split.parquet --name wild-clip-noalign
+	$(GENART) train --config jobs/configs/wild-lite0.yaml --data $(WILD)/train.aligned.parquet --name wild-lite0
+	$(GENART) train --config jobs/configs/wild-residual.yaml --data $(WILD)/train.aligned.parquet --name wild-residual
+	$(GENART) ensemble --members artifacts/wild-clip artifacts/wild-lite0 artifacts/wild-residual --rule weighted \
+		--data $(WILD)/train.aligned.parquet --out artifacts/wild-ensemble
+
+wild-eval: $(VENV)/.installed ## LOSO with and without aligned fakes, every model on test and real-sample, both baselines, the card
+	$(GENART) evaluate --protocol loso --config jobs/configs/wild-clip.yaml --data $(WILD)/train.aligned.parquet \
+		--out reports/wild/loso/clip
+	$(GENART) evaluate --protocol loso --config jobs/configs/wild-clip.yaml --data $(WILD)/train.split.parquet \
+		--out reports/wild/loso/clip-noalign
+	for m in wild-clip wild-clip-noalign wild-lite0 wild-residual wild-ensemble; do \
+		$(GENART) evaluate artifacts/$$m --data $(WILD)/train.aligned.parquet --out $(WILD_EVAL)/$$m-test || exit 1; \
+		$(GENART) evaluate artifacts/$$m --data $(WILD)/sample.parquet --out $(WILD_EVAL)/$$m-sample || exit 1; \
+	done
+	for b in metadata content; do \
+		$(GENART) baseline $$b --data $(WILD)/train.split.parquet --evaluate-on sample=$(WILD)/sample.parquet \
+			--out $(WILD_EVAL) || exit 1; \
+	done
+	$(GENART) card $(WILD_EVAL)/*-test $(WILD_EVAL)/*-sample --primary wild-ensemble --out reports/wild/card.md
+
+wild-serve: $(VENV)/.installed ## serve the wild ensemble (serve_config.yaml with only model paths and list changed)
+	diff serve_config.yaml jobs/serve/wild.yaml || true
+	PATH=$(abspath $(VENV))/bin:$$PATH $(GENART) serve up --config jobs/serve/wild.yaml --port $(RAY_PORT)
+	$(GENART) predict $(REAL_SAMPLE) --out reports/wild/api-predictions.csv \
+		--compare-with $(WILD_EVAL)/wild-ensemble-sample
 
 UI_PORT ?= 8501
 

@@ -185,10 +185,29 @@ def data_split(
     )
 
 
+def _report_transforms(cfg) -> dict[str, object]:
+    """The eval and training transforms of a config's model, for the data report's shortcut check."""
+    from genart.data.transforms import InputSpec, eval_transform, train_transform
+    from genart.models.clip import CLIP_SPEC
+    from genart.models.zoo import get_entry
+
+    entry = get_entry(cfg.model.name)
+    if entry.kind == "clip":
+        spec = CLIP_SPEC
+    else:
+        policy = cfg.model.crop_policy or entry.crop_policy
+        spec = InputSpec(input_size=cfg.model.input_size or entry.input_size or 224, crop_policy=policy)
+    return {"eval transform": eval_transform(spec), "training transform": train_transform(spec, cfg.augment)}
+
+
 @data_app.command("report")
 def data_report(
     manifest: Annotated[Path, typer.Argument(help="manifest (split or not)")],
     out: Annotated[Path, typer.Option(help="folder for report.md and its PNGs")] = Path("reports/data"),
+    config: Annotated[
+        Path | None,
+        typer.Option(help="experiment YAML: also check shortcuts after its eval and training transforms"),
+    ] = None,
 ) -> None:
     """Write the data report: counts, sizes, the format x label confound, corrupt files, duplicates."""
     from genart.data.index import read_manifest
@@ -196,7 +215,8 @@ def data_report(
 
     if not manifest.exists():
         _fail(f"no manifest at {manifest}")
-    result = write_report(read_manifest(manifest), out)
+    transforms = _report_transforms(_config(config, None)) if config else None
+    result = write_report(read_manifest(manifest), out, transforms=transforms)
     typer.echo(f"wrote {result.markdown} and {len(result.plots)} plots")
     for warning in result.warnings:
         typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW)

@@ -20,7 +20,15 @@ from genart.data.index import usable
 from genart.data.split import leaked_hashes, near_duplicates
 from genart.plots import annotated_heatmap, plt, save_figure
 
-__all__ = ["SHORTCUT_WARN", "ReportResult", "metadata_features", "shortcut_scores", "write_report"]
+__all__ = [
+    "SHORTCUT_WARN",
+    "ReportResult",
+    "metadata_features",
+    "pixel_traces",
+    "shortcut_scores",
+    "transformed_shortcut_scores",
+    "write_report",
+]
 
 #: Balanced accuracy (chance = 0.5) above which a metadata feature is flagged as a shortcut.
 SHORTCUT_WARN = 0.7
@@ -74,10 +82,63 @@ def shortcut_scores(manifest: pd.DataFrame, by_generator: bool = False) -> pd.Da
                 continue
             cv = StratifiedKFold(n_splits=min(5, minority), shuffle=True, random_state=0)
             tree = DecisionTreeClassifier(max_depth=4, min_samples_leaf=2, random_state=0)
-            scores = cross_val_score(tree, metadata_features(part, cols), y, cv=cv, scoring="balanced_accuracy")
+            scores = cross_val_score(
+                tree, metadata_features(part, cols), y, cv=cv, scoring="balanced_accuracy"
+            )
             record[feature] = float(np.mean(scores))
         records.append(record)
     return pd.DataFrame.from_records(records, columns=["scope", "n", *_FEATURES]).set_index("scope")
+
+
+def pixel_traces(image) -> np.ndarray:
+    """What is left of container and size in the pixels a model sees (a (3, H, W) tensor): the 8x8 JPEG grid
+    strength (rows and columns) and the high-frequency energy (re-sampling and compression smooth it)."""
+    gray = np.asarray(image, dtype=np.float64).mean(axis=0)
+    dx, dy = np.abs(np.diff(gray, axis=1)), np.abs(np.diff(gray, axis=0))
+    on_x, on_y = np.arange(dx.shape[1]) % 8 == 7, np.arange(dy.shape[0]) % 8 == 7
+    grid = [dx[:, on_x].mean() / (dx[:, ~on_x].mean() + 1e-9), dy[on_y].mean() / (dy[~on_y].mean() + 1e-9)]
+    lap = gray[1:-1, 1:-1] * 4 - gray[:-2, 1:-1] - gray[2:, 1:-1] - gray[1:-1, :-2] - gray[1:-1, 2:]
+    return np.array([*grid, np.log(np.abs(lap).mean() + 1e-9), np.log(gray.std() + 1e-9)])
+
+
+def transformed_shortcut_scores(
+    manifest: pd.DataFrame, transforms: dict[str, object], sample: int = 400, seed: int = 0
+) -> pd.DataFrame:
+    """Balanced accuracy (5-fold CV, depth-4 tree) of :func:`pixel_traces` after each named transform, on a
+    sample balanced by label: does anything but content still separate the prepared classes?"""
+    from genart.data.transforms import ImageDecodeError, decode_image
+
+    rows = usable(manifest)
+    rows = rows[rows["label"].isin(["ai", "nature"])]
+    if "split" in rows and (rows["split"] == "train").any():
+        rows = rows[rows["split"] == "train"]
+    per_label = max(5, sample // 2)
+    rows = pd.concat([g.sample(min(len(g), per_label), random_state=seed) for _, g in rows.groupby("label")])
+    images, labels = [], []
+    for path, label in zip(rows["path"], rows["label"], strict=True):
+        try:
+            images.append(decode_image(Path(path).read_bytes()))
+            labels.append(label == "ai")
+        except (OSError, ImageDecodeError):
+            continue
+    y = np.array(labels)
+    records = []
+    import random
+
+    import torch
+
+    for name, transform in transforms.items():
+        random.seed(seed)
+        torch.manual_seed(seed)
+        x = np.stack([pixel_traces(transform(image)) for image in images])
+        minority = min(int(y.sum()), int((~y).sum()))
+        if minority < 2:
+            continue
+        cv = StratifiedKFold(n_splits=min(5, minority), shuffle=True, random_state=seed)
+        tree = DecisionTreeClassifier(max_depth=4, min_samples_leaf=2, random_state=seed)
+        score = cross_val_score(tree, x, y, cv=cv, scoring="balanced_accuracy")
+        records.append({"images seen as": name, "n": len(y), "balanced accuracy": float(score.mean())})
+    return pd.DataFrame.from_records(records).set_index("images seen as")
 
 
 def _table(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
@@ -129,8 +190,16 @@ def _plot_shortcuts(scores: pd.DataFrame, out: Path) -> Path:
     )
 
 
-def write_report(manifest: pd.DataFrame, out: str | Path, title: str = "genart data report") -> ReportResult:
-    """Write ``report.md`` and its PNGs into ``out``; return the paths and the shortcut warnings."""
+def write_report(
+    manifest: pd.DataFrame,
+    out: str | Path,
+    title: str = "genart data report",
+    transforms: dict[str, object] | None = None,
+) -> ReportResult:
+    """Write ``report.md`` and its PNGs into ``out``; return the paths and the shortcut warnings.
+
+    ``transforms`` (name -> image transform, e.g. a model's eval and training transforms) adds the shortcut
+    check on what the model sees after each of them."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = usable(manifest)
@@ -162,7 +231,12 @@ def write_report(manifest: pd.DataFrame, out: str | Path, title: str = "genart d
 
     keys = ["generator", "label"] + (["split"] if rows["split"].notna().any() else [])
     counts = rows.groupby(keys).size().unstack(keys[1:], fill_value=0)
-    md += ["## Counts per generator x label" + (" x split" if len(keys) == 3 else ""), "", _table(counts, "d"), ""]
+    md += [
+        "## Counts per generator x label" + (" x split" if len(keys) == 3 else ""),
+        "",
+        _table(counts, "d"),
+        "",
+    ]
     plots.append(_plot_counts(rows, out))
     md += ["![counts](counts.png)", ""]
 
@@ -170,7 +244,10 @@ def write_report(manifest: pd.DataFrame, out: str | Path, title: str = "genart d
         median_width=("width", "median"),
         median_height=("height", "median"),
         min_side=("width", lambda s: int(np.minimum(s, rows.loc[s.index, "height"]).min())),
-        distinct_sizes=("width", lambda s: int(rows.loc[s.index, ["width", "height"]].drop_duplicates().shape[0])),
+        distinct_sizes=(
+            "width",
+            lambda s: int(rows.loc[s.index, ["width", "height"]].drop_duplicates().shape[0]),
+        ),
     )
     md += ["## Image sizes", "", _table(sizes, ".0f"), "", "![sizes](sizes.png)", ""]
     plots.append(_plot_sizes(rows, out))
@@ -185,7 +262,9 @@ def write_report(manifest: pd.DataFrame, out: str | Path, title: str = "genart d
             value = record[feature]
             if not np.isnan(value) and value >= SHORTCUT_WARN:
                 where = "the pooled data" if scope == "all" else f"generator {scope}"
-                warnings.append(f"{feature} alone predicts the label in {where} (balanced accuracy {value:.2f})")
+                warnings.append(
+                    f"{feature} alone predicts the label in {where} (balanced accuracy {value:.2f})"
+                )
     md += ["## Formats and the label (the known GenImage bias)", "", _table(formats, "d"), ""]
     md += ["Per generator:", "", _table(by_gen_format, "d"), ""]
     md += [
@@ -210,12 +289,40 @@ def write_report(manifest: pd.DataFrame, out: str | Path, title: str = "genart d
         ]
     else:
         md += ["No metadata shortcut found above the warning level.", ""]
+    if transforms:
+        after = transformed_shortcut_scores(manifest, transforms)
+        md += [
+            "### Shortcuts after the transform",
+            "",
+            "Metadata is gone once an image is a tensor, but its traces are not: the 8x8 JPEG grid, the "
+            "high-frequency energy left by re-sampling, the contrast. The same tree on those, measured on "
+            "the prepared images (a label-balanced sample of the training split). A class-matched training "
+            "transform should bring it to chance (0.5).",
+            "",
+            _table(after),
+            "",
+        ]
+        for name, value in after["balanced accuracy"].items():
+            if value >= SHORTCUT_WARN:
+                warnings.append(
+                    f"pixel traces predict the label after the {name} (balanced accuracy {value:.2f})"
+                )
 
     mismatched = manifest[manifest["ext_mismatch"].fillna(False).astype(bool)]
-    md += ["## Extension and content disagree", "", _table(mismatched[["relpath", "ext", "format"]].head(200)), ""]
+    md += [
+        "## Extension and content disagree",
+        "",
+        _table(mismatched[["relpath", "ext", "format"]].head(200)),
+        "",
+    ]
     md += ["## Unreadable files", "", _table(unreadable[["relpath", "bytes", "error"]].head(200)), ""]
     tiny = rows[np.minimum(rows["width"], rows["height"]) < TINY_SIDE]
-    md += [f"## Tiny images (a side under {TINY_SIDE} px)", "", _table(tiny[["relpath", "width", "height"]].head(200)), ""]
+    md += [
+        f"## Tiny images (a side under {TINY_SIDE} px)",
+        "",
+        _table(tiny[["relpath", "width", "height"]].head(200)),
+        "",
+    ]
 
     readable = manifest[manifest["sha256"].notna()]
     dup_groups = readable.groupby("sha256").filter(lambda g: len(g) > 1)

@@ -330,3 +330,34 @@ def test_k8s_pods_run_as_non_root_with_a_large_shm(path):
         assert pod["securityContext"]["runAsNonRoot"] is True
         mounts = [m["mountPath"] for m in pod["containers"][0]["volumeMounts"]]
         assert "/dev/shm" in mounts
+
+
+def test_wild_serve_config_differs_from_the_shipped_one_only_in_models_and_paths():
+    import yaml
+
+    root = Path(__file__).parents[2]
+    base = yaml.safe_load((root / "serve_config.yaml").read_text())
+    wild = yaml.safe_load((root / "jobs" / "serve" / "wild.yaml").read_text())
+
+    def shape(config):
+        app = config["applications"][0]
+        models = [m["name"] for m in app["args"].pop("models")]
+        paths = {}
+        for deployment in app["deployments"]:
+            user = deployment.get("user_config", {})
+            for key in ("artifact", "ensemble"):
+                if key in user:
+                    paths[deployment["name"]] = user.pop(key)
+        per_model = [d for d in app["deployments"] if d["name"] in models]
+        app["deployments"] = [d for d in app["deployments"] if d["name"] not in models]
+        return config, models, paths, per_model
+
+    base_rest, base_models, _, base_per_model = shape(base)
+    wild_rest, wild_models, wild_paths, wild_per_model = shape(wild)
+    assert wild_rest == base_rest  # everything but the model list and the artefact paths
+    assert set(base_models) < set(wild_models) and "clip_b16" in wild_models
+    assert all(p.startswith("artifacts/wild-") for p in wild_paths.values())
+    settings = {tuple(sorted((k, str(v)) for k, v in d.items() if k != "name")) for d in wild_per_model}
+    assert settings == {
+        tuple(sorted((k, str(v)) for k, v in d.items() if k != "name")) for d in base_per_model
+    }
