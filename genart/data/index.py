@@ -35,6 +35,7 @@ __all__ = [
     "describe_file",
     "estimate_jpeg_quality",
     "index_roots",
+    "training_data_summary",
     "index_tree",
     "process_pool",
     "read_manifest",
@@ -395,6 +396,21 @@ def read_manifest(path: str | Path) -> pd.DataFrame:
     raw = (table.schema.metadata or {}).get(b"genart")
     df.attrs["genart"] = json.loads(raw) if raw else {}
     return df
+
+
+def training_data_summary(manifest: str | Path, rows: pd.DataFrame) -> dict[str, object]:
+    """What a model was trained on, for its artefact and ``/models``: the manifest's name, how many images,
+    which families (or generator folders), and whether it is genart's generated sample data."""
+    table = read_manifest(manifest)
+    info = table.attrs.get("genart", {})
+    roots = info.get("roots") or [info.get("root")]
+    generated = any(r and (Path(r) / "SYNTH.md").exists() for r in roots)
+    if "family" not in rows and "family" in table:
+        rows = rows.merge(table[["path", "family"]].drop_duplicates("path"), on="path", how="left")
+    families = rows["family"].fillna(rows["generator"]) if "family" in rows else rows["generator"]
+    name = Path(manifest).name.removesuffix(".parquet").removesuffix(".split").removesuffix(".aligned")
+    return {"data": name, "images": len(rows), "families": sorted(families.dropna().astype(str).unique()),
+            "generated": generated}  # fmt: skip
 
 
 def usable(manifest: pd.DataFrame) -> pd.DataFrame:

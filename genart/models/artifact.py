@@ -65,6 +65,10 @@ class ArtifactMeta(BaseModel):
     temperature: float = Field(1.0, gt=0, description="logits are divided by this before the softmax")
     data_fingerprint: str | None = None
     generators: list[str] = Field(default_factory=list, description="generators seen in training")
+    trained_on: dict[str, Any] = Field(
+        default_factory=dict, description="data name, image count, families, whether generated sample data"
+    )
+    encoder: dict[str, Any] | None = Field(None, description="frozen-encoder kinds: file, sha256, taps")
     metrics: dict[str, Any] = Field(default_factory=dict)
     train_config: dict[str, Any] = Field(default_factory=dict)
     genart_version: str = genart.__version__

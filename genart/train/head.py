@@ -96,6 +96,7 @@ def fit_frozen(
     evaluate_test: bool = True,
 ):
     """Encode (cached), fit the head, then calibrate, evaluate and save like a trained network."""
+    from genart.data.index import training_data_summary
     from genart.models.artifact import ArtifactMeta, LoadedModel, manifest_fingerprint
     from genart.models.clip import CLIP_SPEC
     from genart.train.trainer import finish_artifact, init_ray, model_classes
@@ -129,6 +130,7 @@ def fit_frozen(
         data_fingerprint=manifest_fingerprint(pd.concat([rows["train"], rows["val"]]).assign(
             split=["train"] * len(rows["train"]) + ["val"] * len(rows["val"]))),
         generators=sorted(rows["train"]["generator"].unique()),
+        trained_on=training_data_summary(manifest, rows["train"]),
         classes=classes,
         train_config=config.model_dump(mode="json"),
         metrics={"train_feature_rows": len(features), "encode_seconds": round(encoded, 1)},

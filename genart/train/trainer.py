@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 
 from genart.config import GenartConfig, Settings
+from genart.data.index import training_data_summary
 from genart.data.layout import CLASSES
 from genart.data.pipeline import cap_per_generator, make_dataset, select_rows
 from genart.evaluate.evaluation import EvaluationResult, calibrate, evaluate, write_evaluation
@@ -118,6 +119,7 @@ def build_trainer(
             )
         ),
         generators=sorted(train_rows["generator"].unique()),
+        trained_on=training_data_summary(manifest, train_rows),
         classes=classes,
         train_config=config.model_dump(mode="json"),
     )
