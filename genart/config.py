@@ -177,6 +177,10 @@ class TuneConfig(_Section):
     batch_size: list[int] = Field(default_factory=lambda: [16, 32, 64])
     optimizer: list[str] | None = None
     schedule: list[str] | None = None
+    head_c: list[float] = Field(
+        default_factory=lambda: [0.001, 0.003, 0.01, 0.03],
+        description="frozen-encoder models: inverse L2 strengths of the head (instead of lr x batch size)",
+    )
     max_concurrent: int | None = None
     grace_period: int = 1
 

@@ -21,7 +21,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from genart.config import GenartConfig
-from genart.data.pipeline import select_rows
+from genart.data.pipeline import cap_per_generator, select_rows
 
 __all__ = [
     "fit_frozen",
@@ -72,6 +72,19 @@ def with_sha256(rows: pd.DataFrame, manifest: str | Path | pd.DataFrame) -> pd.D
     return rows.merge(table[["path", "sha256"]].drop_duplicates("path"), on="path", how="left")
 
 
+def split_rows(config: GenartConfig, manifest: str | Path, classes: list[str] | None = None) -> dict:
+    """Train (capped by ``data.max_per_generator``) and val rows, with their sha256."""
+    data = config.data
+    rows = {
+        split: with_sha256(
+            select_rows(manifest, split, data.generators, data.exclude_generators, classes), manifest
+        )
+        for split in ("train", "val")
+    }
+    rows["train"] = cap_per_generator(rows["train"], data.max_per_generator, data.seed)
+    return rows
+
+
 def frozen_detector(config: GenartConfig, num_classes: int):
     """An untrained detector (encoder found, head empty) for ``config.model``."""
     from genart.models.clip import DEFAULT_TAPS, ClipDetector, ClipEncoder, ClipHead
@@ -107,12 +120,7 @@ def fit_frozen(
     init_ray()
     classes = model_classes(config, manifest)
     data = config.data
-    rows = {
-        split: with_sha256(
-            select_rows(manifest, split, data.generators, data.exclude_generators, classes), manifest
-        )
-        for split in ("train", "val")
-    }
+    rows = split_rows(config, manifest, classes)
     detector = frozen_detector(config, len(classes))
     started = time.monotonic()
     features, targets = training_matrix(detector, rows["train"], config)
@@ -179,3 +187,30 @@ def loso_frozen(config: GenartConfig, manifest: str | Path, split: str | None = 
             return ai_probability(head(torch.from_numpy(views[0][score])))
 
     return leave_one_source_out(rows, fit_score, min_size=min_size)
+
+
+def head_trainable(config: GenartConfig, manifest: str | Path):
+    """A Ray Tune trainable and grid over ``tune.head_c``: features encoded once (cached), put in the object
+    store, and one head fitted per trial, reporting its validation ROC-AUC."""
+    from ray import tune
+    from sklearn.metrics import roc_auc_score
+
+    from genart.evaluate.metrics import ai_probability
+
+    data = config.data
+    rows = split_rows(config, manifest)
+    detector = frozen_detector(config, 2)
+    x, y = training_matrix(detector, rows["train"], config)
+    val_x = detector.feature_cache(config.augment).matrix(rows["val"], "eval")
+    val_y = rows["val"]["target"].to_numpy()
+
+    def trial(params: dict, x, y, val_x, val_y) -> None:
+        head = fit_head(x, y, 2, float(params["head_c"]), data.seed)
+        with torch.inference_mode():
+            p = ai_probability(head(torch.from_numpy(val_x)))
+        tune.report({"val_auc": float(roc_auc_score(val_y, p)), "epoch": 1})
+
+    trainable = tune.with_resources(
+        tune.with_parameters(trial, x=x, y=y, val_x=val_x, val_y=val_y), {"cpu": 1}
+    )
+    return trainable, {"head_c": tune.grid_search(list(config.tune.head_c))}

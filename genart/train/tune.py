@@ -18,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from genart.config import GenartConfig, Settings
+from genart.models.zoo import get_entry
 from genart.train.trainer import absolute_tracking_uri, build_trainer, init_ray
 
 __all__ = ["TuneResult", "param_space", "trial_concurrency", "tune_grid"]
@@ -136,13 +137,18 @@ def tune_grid(
                                    "tune.batch_size": str(config.tune.batch_size)})  # fmt: skip
                 parent_id = run.info.run_id
 
-    space = param_space(config)
-    context = {
-        "base": config.model_dump(mode="json"),
-        "manifest": str(manifest),
-        "mlflow": {"tracking_uri": uri, "parent_run_id": parent_id} if track else None,
-    }
-    trainable = tune.with_resources(tune.with_parameters(_trial, context=context), {"cpu": 0.01})
+    if get_entry(config.model.name).kind == "clip":  # a frozen encoder: one head per grid point, on features
+        from genart.train.head import head_trainable
+
+        trainable, space = head_trainable(config, manifest)
+    else:
+        space = param_space(config)
+        context = {
+            "base": config.model_dump(mode="json"),
+            "manifest": str(manifest),
+            "mlflow": {"tracking_uri": uri, "parent_run_id": parent_id} if track else None,
+        }
+        trainable = tune.with_resources(tune.with_parameters(_trial, context=context), {"cpu": 0.01})
     path = storage / name
     if resume and tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(
@@ -165,7 +171,7 @@ def tune_grid(
     grid = tuner.fit()
     frame = grid.get_dataframe(filter_metric="val_auc", filter_mode="max")
     columns = [c for c in frame.columns if c.startswith("config/") and c.split("/")[-1] in
-               ("lr", "batch_size", "optimizer", "schedule")]  # fmt: skip
+               ("lr", "batch_size", "optimizer", "schedule", "head_c")]  # fmt: skip
     metrics = [c for c in ("val_auc", "val_acc", "val_loss", "epoch", "training_iteration") if c in frame]
     table = frame[[*columns, *metrics, "trial_id"]].rename(columns=lambda c: c.removeprefix("config/"))
     table = table.sort_values("val_auc", ascending=False).reset_index(drop=True)
@@ -176,8 +182,8 @@ def tune_grid(
     table.to_csv(out / "results.csv", index=False)
     md = [f"# Tuning {name}", "", table.to_markdown(index=False, floatfmt=".4g"), ""]
     if best:
-        md.append(f"**Best trial** {best['trial_id']}: lr {best['lr']}, batch size {best['batch_size']}, "
-                  f"validation ROC-AUC {best['val_auc']:.4f}.")  # fmt: skip
+        chosen = ", ".join(f"{k} {best[k]}" for k in ("lr", "batch_size", "head_c") if k in best)
+        md.append(f"**Best trial** {best['trial_id']}: {chosen}, validation ROC-AUC {best['val_auc']:.4f}.")
     (out / "results.md").write_text("\n".join(md))
     if track and parent_id:
         import mlflow
@@ -185,6 +191,6 @@ def tune_grid(
         with mlflow.start_run(run_id=parent_id):
             if best:
                 mlflow.log_metrics({"best_val_auc": float(best["val_auc"])})
-                mlflow.log_params({"best_lr": best["lr"], "best_batch_size": best["batch_size"]})
+                mlflow.log_params({f"best_{k}": best[k] for k in ("lr", "batch_size", "head_c") if k in best})
             mlflow.log_artifacts(str(out), artifact_path="tune")
     return TuneResult(name=name, table=table, best=best, path=path, mlflow_parent_run_id=parent_id)

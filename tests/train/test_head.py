@@ -1,0 +1,45 @@
+"""Training a frozen-encoder detector end to end: cached CLIP features, head, calibration, artefact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from genart.config import GenartConfig
+from genart.data.index import index_tree, read_manifest, write_manifest
+from genart.data.split import assign_splits
+from tests.conftest import build_tree
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+@pytest.fixture
+def small_manifest(tmp_path):
+    root = build_tree(tmp_path / "tree", per_folder=4)
+    index_tree(root, tmp_path / "m.parquet", workers=1, progress=False)
+    return write_manifest(
+        assign_splits(read_manifest(tmp_path / "m.parquet")).manifest, tmp_path / "m.split.parquet"
+    )
+
+
+def test_fit_frozen_writes_a_self_describing_artefact(ray_cluster, small_manifest, tmp_path, monkeypatch):
+    from genart.models.clip import CLIP_SHA256
+    from genart.train.head import fit_frozen
+
+    monkeypatch.setenv("GENART_CACHE_DIR", str(tmp_path / "cache"))
+    config = GenartConfig.model_validate(
+        {"model": {"name": "clip_b16", "taps": [6, 7], "train_views": 1, "head_c": 0.1}}
+    )
+    result = fit_frozen(config, small_manifest, out=tmp_path / "artifacts", artifact_name="clip")
+    meta = json.loads((result.artifact / "genart.json").read_text())
+    assert meta["kind"] == "clip" and meta["encoder"] == {
+        "file": "clip_encoder.int8.onnx", "sha256": CLIP_SHA256, "taps": [6, 7]}  # fmt: skip
+    assert meta["trained_on"]["generated"] is False and meta["trained_on"]["images"] > 0
+    assert 0.0 <= meta["threshold"] <= 1.0 and meta["temperature"] > 0
+    assert {"test_roc_auc", "ece_after"} <= set(result.metrics)
+    assert (result.artifact / "evaluation").is_dir()
+    # the features were cached: a second fit encodes nothing new
+    parts = sorted((tmp_path / "cache").rglob("part-*.parquet"))
+    fit_frozen(config, small_manifest, out=tmp_path / "artifacts", artifact_name="clip2", evaluate_test=False)
+    assert sorted((tmp_path / "cache").rglob("part-*.parquet")) == parts
