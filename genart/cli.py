@@ -677,10 +677,9 @@ def card_cmd(
 
 
 def _loso(config: Path | None, overrides: list[str] | None, data: Path, out: Path | None) -> None:
-    from genart.evaluate.loso import write_loso
+    from genart.evaluate.loso import loso_frozen, write_loso
     from genart.models.clip import EncoderUnavailable
     from genart.models.zoo import get_entry
-    from genart.train.head import loso_frozen
 
     cfg = _config(config, overrides)
     if get_entry(cfg.model.name).kind != "clip":

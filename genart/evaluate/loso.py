@@ -26,12 +26,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import torch
 from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
+from genart.config import GenartConfig
 from genart.plots import save_figure
 
-__all__ = ["LosoResult", "leave_one_source_out", "loso_groups", "write_loso"]
+__all__ = ["LosoResult", "leave_one_source_out", "loso_frozen", "loso_groups", "write_loso"]
 
 #: fit on the rows at ``train`` (indices into the frame), return P(ai) for the rows at ``score``.
 FitScore = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -153,3 +155,28 @@ def write_loso(result: LosoResult, out: str | Path, title: str = "leave-one-sour
     ]  # fmt: skip
     (out / "loso.md").write_text("\n".join(lines))
     return out / "loso.md"
+
+
+def loso_frozen(config: GenartConfig, manifest: str | Path, split: str | None = "train", min_size: int = 20):
+    """Leave-one-source-out for a frozen-encoder model: one head per held-out group, on cached features."""
+    from genart.models.predict import ai_probability
+    from genart.train.head import fit_head, frozen_detector, manifest_rows
+    from genart.train.trainer import init_ray
+
+    init_ray()
+    rows = manifest_rows(manifest, split, config)
+    detector = frozen_detector(config, 2)
+    cache = detector.feature_cache(config.augment)
+    views = [
+        cache.matrix(rows, "eval"),
+        *(cache.matrix(rows, f"train{k}") for k in range(config.model.train_views)),
+    ]
+    target = rows["target"].to_numpy()
+
+    def fit_score(train: np.ndarray, score: np.ndarray) -> np.ndarray:
+        x = np.concatenate([view[train] for view in views])
+        head = fit_head(x, np.tile(target[train], len(views)), 2, config.model.head_c, config.data.seed)
+        with torch.inference_mode():
+            return ai_probability(head(torch.from_numpy(views[0][score])))
+
+    return leave_one_source_out(rows, fit_score, min_size=min_size)

@@ -157,7 +157,17 @@ def _load_timm(meta: ArtifactMeta, local: Path) -> nn.Module:
 
 # An artefact's ``kind`` -> the function that builds its network from (meta, local directory). A new kind
 # of model registers its loader here; everything after the network (transform, P(ai), label) is shared.
-NETWORK_LOADERS: dict[str, Callable[[ArtifactMeta, Path], nn.Module]] = {"timm": _load_timm}
+def _load_clip(meta: ArtifactMeta, local: Path) -> nn.Module:
+    """A frozen CLIP encoder (found by its sha256) with the saved head."""
+    from genart.models.clip import load_clip
+
+    return load_clip(meta, local)
+
+
+NETWORK_LOADERS: dict[str, Callable[[ArtifactMeta, Path], nn.Module]] = {
+    "timm": _load_timm,
+    "clip": _load_clip,
+}
 
 
 def load_artifact(path_or_uri: str | Path, device: str | torch.device = "cpu") -> LoadedModel:

@@ -96,13 +96,18 @@ def predict_rows(
         return loaded.predict_rows(
             rows, degrade=degrade, batch_size=batch_size, workers=workers, progress=progress
         )
-    dataset = ManifestDataset(rows, loaded.spec, degrade=degrade)
-    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
-    logits = []
-    for images, _ in tqdm(loader, desc=f"predict{' ' + degrade if degrade else ''}", disable=not progress):
-        logits.append(loaded.logits(images))
     classes = loaded.meta.classes
-    stacked = torch.cat(logits).numpy() if logits else np.zeros((0, len(classes)), np.float32)
+    cached = getattr(getattr(loaded, "model", None), "logits_for_rows", None)
+    if cached is not None:  # a frozen encoder: features from its cache, the same head and rules after
+        stacked = np.asarray(cached(rows, degrade), np.float32).reshape(len(rows), len(classes))
+    else:
+        dataset = ManifestDataset(rows, loaded.spec, degrade=degrade)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
+        logits = []
+        desc = f"predict{' ' + degrade if degrade else ''}"
+        for images, _ in tqdm(loader, desc=desc, disable=not progress):
+            logits.append(loaded.logits(images))
+        stacked = torch.cat(logits).numpy() if logits else np.zeros((0, len(classes)), np.float32)
     out = rows.reset_index(drop=True).copy()
     for i in range(stacked.shape[1]):
         out[f"logit_{i}"] = stacked[:, i]

@@ -27,7 +27,6 @@ __all__ = [
     "fit_frozen",
     "fit_head",
     "frozen_detector",
-    "loso_frozen",
     "manifest_rows",
     "training_matrix",
     "with_sha256",
@@ -164,38 +163,13 @@ def manifest_rows(manifest: str | Path, split: str | None, config: GenartConfig)
     )
 
 
-def loso_frozen(config: GenartConfig, manifest: str | Path, split: str | None = "train", min_size: int = 20):
-    """Leave-one-source-out for a frozen-encoder model: one head per held-out group, on cached features."""
-    from genart.evaluate.loso import leave_one_source_out
-    from genart.evaluate.metrics import ai_probability
-    from genart.train.trainer import init_ray
-
-    init_ray()
-    rows = manifest_rows(manifest, split, config)
-    detector = frozen_detector(config, 2)
-    cache = detector.feature_cache(config.augment)
-    views = [
-        cache.matrix(rows, "eval"),
-        *(cache.matrix(rows, f"train{k}") for k in range(config.model.train_views)),
-    ]
-    target = rows["target"].to_numpy()
-
-    def fit_score(train: np.ndarray, score: np.ndarray) -> np.ndarray:
-        x = np.concatenate([view[train] for view in views])
-        head = fit_head(x, np.tile(target[train], len(views)), 2, config.model.head_c, config.data.seed)
-        with torch.inference_mode():
-            return ai_probability(head(torch.from_numpy(views[0][score])))
-
-    return leave_one_source_out(rows, fit_score, min_size=min_size)
-
-
 def head_trainable(config: GenartConfig, manifest: str | Path):
     """A Ray Tune trainable and grid over ``tune.head_c``: features encoded once (cached), put in the object
     store, and one head fitted per trial, reporting its validation ROC-AUC."""
     from ray import tune
     from sklearn.metrics import roc_auc_score
 
-    from genart.evaluate.metrics import ai_probability
+    from genart.models.predict import ai_probability
 
     data = config.data
     rows = split_rows(config, manifest)

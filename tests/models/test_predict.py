@@ -44,5 +44,5 @@ def test_load_artifact_dispatches_on_the_kind_and_refuses_an_unknown_one(tmp_pat
     (path / META_FILE).write_text(json.dumps(raw))
     assert load_artifact(path).meta.kind == "timm"
     (path / META_FILE).write_text(json.dumps({**raw, "kind": "onnx-clip"}))
-    with pytest.raises(ValueError, match=r"kind 'onnx-clip'.*known: \['timm'\]"):
+    with pytest.raises(ValueError, match=r"kind 'onnx-clip'.*known: \['clip', 'timm'\]"):
         load_artifact(path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -43,3 +44,28 @@ def test_fit_frozen_writes_a_self_describing_artefact(ray_cluster, small_manifes
     parts = sorted((tmp_path / "cache").rglob("part-*.parquet"))
     fit_frozen(config, small_manifest, out=tmp_path / "artifacts", artifact_name="clip2", evaluate_test=False)
     assert sorted((tmp_path / "cache").rglob("part-*.parquet")) == parts
+
+
+def test_a_clip_artefact_loads_by_path_and_cached_scores_match_the_network(
+    ray_cluster, small_manifest, tmp_path, monkeypatch
+):
+    import numpy as np
+    import torch
+
+    from genart.data.pipeline import select_rows
+    from genart.data.transforms import decode_image
+    from genart.models.artifact import load_artifact
+    from genart.models.clip import ClipDetector
+    from genart.models.predict import predict_rows
+    from genart.train.head import fit_frozen
+
+    monkeypatch.setenv("GENART_CACHE_DIR", str(tmp_path / "cache"))
+    config = GenartConfig.model_validate({"model": {"name": "clip_b16", "taps": [8], "train_views": 0}})
+    result = fit_frozen(config, small_manifest, out=tmp_path / "a", artifact_name="c", evaluate_test=False)
+    loaded = load_artifact(result.artifact)
+    assert isinstance(loaded.model, ClipDetector) and loaded.model.encoder.taps == (8,)
+    rows = select_rows(small_manifest, "test")
+    cached = predict_rows(loaded, rows)["prob"].to_numpy()  # through the feature cache
+    images = torch.stack([loaded.transform(decode_image(Path(p).read_bytes())) for p in rows["path"]])
+    direct = loaded.predict_proba(images)  # through the network, as a Serve model deployment runs it
+    np.testing.assert_allclose(cached, direct, atol=1e-5)
