@@ -125,6 +125,10 @@ def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[s
         server.server_close()
 
 
+#: What an artefact trained on the generated sample data records (``ArtifactMeta.trained_on``).
+SAMPLE_DATA = {"data": "sample", "images": 98, "families": ["imagenet_glide"], "generated": True}
+
+
 def untrained_artifact(root: Path, name: str, zoo: str, seed: int, threshold: float, **meta: Any) -> Path:
     """An untrained ``zoo`` model saved as artefact ``root/name`` (``classes`` and ``input_size`` in ``meta``
     choose the head and input; the rest goes into its metadata)."""

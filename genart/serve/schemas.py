@@ -146,6 +146,10 @@ class ModelInfo(BaseModel):
     temperature: float
     weight: float
     metrics: dict[str, Any]
+    trained_on: dict[str, Any] = Field(
+        default_factory=dict,
+        description="what it learned from: data name, image count, families, whether generated sample data",
+    )
     created_at: str | None = None
 
 

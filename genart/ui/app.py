@@ -66,8 +66,9 @@ def _show_error(error: Any, retry_slot: str | None = None) -> None:
 
 
 # -- the sidebar --------------------------------------------------------------------------------------------
-def sidebar(api: Api) -> dict[str, Any]:
-    """The API's health and the deployed models; returns the health answer for the main page's notice."""
+def sidebar(api: Api) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The API's health and the deployed models; returns both for the main page's notices."""
+    described: list[dict[str, Any]] = []
     with st.sidebar:
         st.markdown("### genart")
         health = api.ask(lambda c: c.health())
@@ -90,14 +91,15 @@ def sidebar(api: Api) -> dict[str, Any]:
                 st.caption(
                     f"ensemble rule **{models['rule']}**, threshold **{present.fmt_p(models['threshold'])}**"
                 )
-                for m in models["models"]:
+                described = models["models"]
+                for m in described:
                     st.markdown(
                         f"**{m['name']}** {present.version_text(m['version'])}  \n"
                         f"{m['architecture']} · threshold {present.fmt_p(m['threshold'])} · "
-                        f"weight {m['weight']:g}"
+                        f"weight {m['weight']:g}  \n{present.training_text(m)}"
                     )
         st.button("Refresh", key="refresh")
-    return health
+    return health, described
 
 
 # -- one answer ---------------------------------------------------------------------------------------------
@@ -278,8 +280,11 @@ def main() -> None:
     timeout_s = float(os.environ.get("GENART_API_TIMEOUT_S", "30"))
     with GenartClient(url, api_key=os.environ.get("GENART_API_KEY") or None, timeout_s=timeout_s) as client:
         api = Api(client, url, timeout_s)
-        health = sidebar(api)
+        health, models = sidebar(api)
         st.title("Is this image AI-generated?")
+        notice = present.generated_notice(models)
+        if notice:
+            st.warning(notice)
         st.markdown(present.SUMMARY)
         with st.expander("What the detector can and cannot tell you"):
             st.markdown(present.LIMITS)

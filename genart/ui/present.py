@@ -99,6 +99,29 @@ CSS = """
 AI_COLOUR, NATURE_COLOUR = "#c2410c", "#0f766e"
 
 
+GENERATED_NOTICE = (
+    "**The models behind this page were trained on genart's generated sample data**, not on real photos or "
+    "real generator output ({names}). Their verdicts on your images mean nothing about real-world "
+    "accuracy: serve models trained on real data (`make wild`) for that."
+)
+
+
+def training_text(model: dict[str, Any]) -> str:
+    """One line on what a served model learned from, for the sidebar."""
+    trained = model.get("trained_on") or {}
+    if not trained:
+        return "training data not recorded"
+    families = trained.get("families", [])
+    kind = "generated sample data" if trained.get("generated") else f"{len(families)} families"
+    return f"trained on {trained.get('data', '?')}: {trained.get('images', '?')} images, {kind}"
+
+
+def generated_notice(models: list[dict[str, Any]]) -> str | None:
+    """The page's warning when any served model learned only from the generated sample data."""
+    names = [m["name"] for m in models if (m.get("trained_on") or {}).get("generated")]
+    return GENERATED_NOTICE.format(names=", ".join(names)) if names else None
+
+
 def fmt_p(p: float) -> str:
     """How every probability is shown on the page (and what the browser test compares with)."""
     return f"{p:.3f}"

@@ -24,7 +24,7 @@ from genart.bench.harness import free_port
 from genart.bench.load import fresh_database as database_on_server
 from genart.cli import app as cli
 from genart.serve.store import PredictionStore, mask_url
-from tests.conftest import http_server, image_bytes, live_serve_config, untrained_artifact
+from tests.conftest import SAMPLE_DATA, http_server, image_bytes, live_serve_config, untrained_artifact
 
 
 @contextmanager
@@ -158,7 +158,7 @@ class Live:
 def live(ray_cluster: dict[str, int], pg_app_url: str, tmp_path_factory: pytest.TempPathFactory) -> Any:
     root = tmp_path_factory.mktemp("serve")
     artifacts = {
-        "detector": untrained_artifact(root, "detector", "tiny", 0, threshold=0.4),
+        "detector": untrained_artifact(root, "detector", "tiny", 0, threshold=0.4, trained_on=SAMPLE_DATA),
         "attributor": untrained_artifact(
             root, "attributor", "tiny_residual", 1, threshold=0.6, input_size=48,
             classes=["nature", "imagenet_ai_0419_biggan", "imagenet_glide"],

@@ -169,6 +169,8 @@ def test_models_and_openapi_describe_what_is_deployed(live: Live) -> None:
         models = client.get("/models").json()
         schema = client.get("/openapi.json").json()
     assert {m["name"] for m in models["models"]} == {"detector", "attributor"}
+    trained = {m["name"]: m["trained_on"] for m in models["models"]}
+    assert trained["detector"]["generated"] is True and trained["attributor"] == {}  # not recorded
     attributor = next(m for m in models["models"] if m["name"] == "attributor")
     assert attributor["classes"][1:] == ["imagenet_ai_0419_biggan", "imagenet_glide"]
     assert models["threshold"] == pytest.approx(0.5)

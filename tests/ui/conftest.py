@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from genart.bench.harness import free_port
 from genart.serve.client import GenartClient
 from genart.ui import PAGE
-from tests.conftest import http_server, image_bytes, live_serve_config, untrained_artifact
+from tests.conftest import SAMPLE_DATA, http_server, image_bytes, live_serve_config, untrained_artifact
 
 API_KEY = "ui-test-key"
 MAX_BATCH = 4  # smaller than the page's chunk, so that the page must split a refused batch
@@ -41,7 +41,7 @@ def live_api(ray_cluster: dict[str, int], tmp_path_factory: pytest.TempPathFacto
 
     root = tmp_path_factory.mktemp("ui-serve")
     artifacts = {
-        "detector": untrained_artifact(root, "detector", "tiny", 0, threshold=0.4),
+        "detector": untrained_artifact(root, "detector", "tiny", 0, threshold=0.4, trained_on=SAMPLE_DATA),
         "attributor": untrained_artifact(
             root, "attributor", "tiny_residual", 1, threshold=0.6, input_size=48,
             classes=["nature", "imagenet_ai_0419_biggan", "imagenet_glide"],

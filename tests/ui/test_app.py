@@ -34,6 +34,9 @@ def test_sidebar_shows_the_apis_health_and_the_deployed_models(page: Page, live_
     assert "ready" in sidebar and live_api.url in sidebar
     assert "**detector** " in sidebar and "**attributor** " in sidebar
     assert "ensemble rule **mean**, threshold **0.500**" in sidebar  # the members' 0.4 and 0.6, averaged
+    assert "trained on sample: 98 images, generated sample data" in sidebar
+    warnings = " ".join(str(w.value) for w in at.warning)
+    assert "trained on genart's generated sample data" in warnings and "detector" in warnings
     assert "probability" in page_text(at) and "JPEG re-compression" in page_text(at)
 
 

@@ -150,3 +150,17 @@ def test_the_pages_csv_has_the_columns_of_genart_predict_out(tmp_path: Any) -> N
     parsed = list(csv.DictReader(io.StringIO(text)))
     assert [r["input"] for r in parsed] == ["a.png", "b.png"]
     assert parsed[0]["p_lite0"] == "0.9" and parsed[1]["error"] == "cannot identify image"
+
+
+def test_a_page_says_when_its_models_learned_from_generated_data() -> None:
+    generated = {
+        "name": "lite0",
+        "trained_on": {"data": "sample", "images": 980, "families": ["a"], "generated": True},
+    }
+    real = {"name": "clip_b16", "trained_on": {"data": "wild", "images": 5140, "families": ["dalle3", "flux"],
+                                                "generated": False}}  # fmt: skip
+    assert present.generated_notice([real]) is None
+    notice = present.generated_notice([real, generated])
+    assert "generated sample data" in notice and "lite0" in notice and "clip_b16" not in notice
+    assert present.training_text(real) == "trained on wild: 5140 images, 2 families"
+    assert present.training_text({"name": "old"}) == "training data not recorded"
