@@ -262,6 +262,10 @@ class GenartConfig(_Section):
     serve: ServeConfig | None = None
 
 
+def _default_data_dir() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "genart"
+
+
 class Settings(BaseSettings):
     """Deployment settings from the environment: where Ray, the database and MLflow are."""
 
@@ -272,6 +276,11 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str = Field("sqlite:///mlflow.db", validation_alias="MLFLOW_TRACKING_URI")
     api_key: str | None = Field(None, description="GENART_API_KEY: required on every route but /health")
     log_dir: Path | None = Field(None, description="GENART_LOG_DIR: rotating JSON logs of the serving app")
+    data_dir: Path = Field(
+        default_factory=lambda: _default_data_dir(),
+        description="GENART_DATA_DIR: local state that must outlive a process, such as the ingress' spool of "
+        "predictions not yet in the database (default: $XDG_DATA_HOME/genart or ~/.local/share/genart)",
+    )
 
 
 def parse_overrides(overrides: list[str] | None) -> dict[str, Any]:

@@ -8,14 +8,16 @@ and whether anything was lost (PostgreSQL rows == 200 responses once the store's
 1. a model replica killed through the actor API (Serve replaces it);
 2. the Serve controller killed (Ray restarts it; the proxy and replicas keep serving);
 3. PostgreSQL stopped for 30 s (20 s with ``--short``): the ingress buffers, then drains;
+3b. PostgreSQL stopped and, while the ingress buffers, the ingress replica killed with SIGKILL: what it had
+   answered is in its spool on disk (SQLite, WAL), and the replacement replica replays it;
 4. a training worker killed mid-epoch: the pytest node that checks resuming from the last checkpoint
    (skipped with ``--short`` unless ``--with-train``: it alone takes minutes on 2 cores);
 5. ``/dev/shm`` nearly full while traffic runs. ``/dev/shm`` is RAM-backed, so the fill is capped to keep
    ``--shm-headroom-gib`` of memory available: on a machine whose ``/dev/shm`` is larger than its free
    memory it is filled only as far as that cap, and the report says so.
 
-Scenario 3 stops the machine's PostgreSQL cluster (it always restarts it in a ``finally``), so don't run it
-beside other work that needs that server.
+Scenarios 3 and 3b stop the machine's PostgreSQL cluster (it always restarts it in a ``finally``), so don't
+run them beside other work that needs that server.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -169,23 +172,30 @@ def _serve_actor(prefix: str) -> str:
 
 def kill_replica(model: str = "m0") -> dict[str, Any]:
     import ray
-    from ray import serve
 
     prefix = f"SERVE_REPLICA::genart#{model}#"
     name = _serve_actor(prefix)
     ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
-    start = time.monotonic()
     # The fault lasts until Serve has a replacement replica up: that is the window requests must survive.
+    replacement, after_s = _wait_replaced(prefix, model, name)
+    return {"killed": name, "replaced_by": replacement, "replaced_after_s": after_s}
+
+
+def _wait_replaced(prefix: str, deployment: str, killed: str) -> tuple[str | None, float | None]:
+    """Wait (90 s at most) until a replica other than ``killed`` runs and the deployment is healthy."""
+    from ray import serve
+
+    start = time.monotonic()
     while time.monotonic() - start < 90:
         time.sleep(0.5)
         try:
             replacement = _serve_actor(prefix)
-            healthy = serve.status().applications["genart"].deployments[model].status == "HEALTHY"
+            healthy = serve.status().applications["genart"].deployments[deployment].status == "HEALTHY"
         except Exception:
             continue
-        if replacement != name and healthy:
-            return {"killed": name, "replaced_by": replacement, "replaced_after_s": time.monotonic() - start}
-    return {"killed": name, "replaced_by": None, "replaced_after_s": None}
+        if replacement != killed and healthy:
+            return replacement, time.monotonic() - start
+    return None, None
 
 
 def kill_controller() -> dict[str, Any]:
@@ -236,6 +246,34 @@ def stop_postgres(outage_s: float, harness: ServeHarness) -> dict[str, Any]:
         health = harness.health() or {}
         detail["health_mid_outage"] = health.get("status")
         time.sleep(outage_s / 2)
+    finally:
+        started = _pg("start")
+        detail["start_rc"] = started.returncode
+        detail["ready_again"] = _pg_ready()
+    return detail
+
+
+def kill_ingress_during_outage(outage_s: float, harness: ServeHarness) -> dict[str, Any]:
+    """PostgreSQL stopped, the ingress replica SIGKILLed while it buffers, PostgreSQL started again.
+
+    The predictions the killed ingress had answered are only in its spool; the replacement replays them.
+    """
+    import ray
+
+    prefix = "SERVE_REPLICA::genart#EnsembleIngress#"
+    detail: dict[str, Any] = {"outage_s": outage_s}
+    try:
+        _pg("stop")
+        time.sleep(outage_s / 3)
+        detail["buffered_before_kill"] = harness.buffered()
+        name = _serve_actor(prefix)
+        pid = ray.get(ray.get_actor(name, namespace="serve").__ray_call__.remote(lambda _: os.getpid()))
+        os.kill(pid, signal.SIGKILL)
+        start = time.monotonic()
+        detail["killed_pid"] = pid
+        _, detail["replaced_after_s"] = _wait_replaced(prefix, "EnsembleIngress", name)
+        detail["buffered_after_replacement"] = harness.buffered()
+        time.sleep(max(0.0, outage_s * 2 / 3 - (time.monotonic() - start)))
     finally:
         started = _pg("start")
         detail["start_rc"] = started.returncode
@@ -352,7 +390,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--short", action="store_true", help="shorter faults (under ~4 minutes in all)")
     parser.add_argument("--out", type=Path, default=Path("reports"))
     parser.add_argument(
-        "--skip", nargs="*", default=[], choices=["replica", "controller", "postgres", "train", "shm"]
+        "--skip",
+        nargs="*",
+        default=[],
+        choices=["replica", "controller", "postgres", "ingress", "train", "shm"],
     )
     parser.add_argument(
         "--with-train", action="store_true", help="with --short, still run the training-worker scenario"
@@ -380,6 +421,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "postgres",
                     f"PostgreSQL stopped {outage_s:.0f} s",
                     lambda: stop_postgres(outage_s, harness),
+                ),
+                (
+                    "ingress",
+                    f"ingress SIGKILLed during a {outage_s:.0f} s PostgreSQL outage",
+                    lambda: kill_ingress_during_outage(outage_s, harness),
                 ),
                 (
                     "shm",

@@ -247,6 +247,7 @@ class ServeHarness:
             "DATABASE_URL": self.database_url,
             "GENART_API_KEY": "",
             "GENART_LOG_DIR": str(self.root / "logs"),
+            "GENART_DATA_DIR": str(self.root / "data"),
         }
         self.app = ServeApp(bench_artifacts(self.root, self.size), env)
         self.app.start()

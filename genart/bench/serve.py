@@ -266,7 +266,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             proc.wait(30)
 
         print("Ray Serve ...", flush=True)
-        env = {"DATABASE_URL": f"sqlite:///{tmp}/bench.db", "GENART_API_KEY": ""}
+        env = {
+            "DATABASE_URL": f"sqlite:///{tmp}/bench.db",
+            "GENART_API_KEY": "",
+            "GENART_DATA_DIR": f"{tmp}/data",
+        }
         with ServeApp(artifacts, env) as app:
             served = _measure(
                 f"{app.base}/predict", images, requests, serve_processes(),

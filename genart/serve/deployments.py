@@ -22,6 +22,7 @@ from ray import serve
 
 from genart.config import MAX_IMAGE_PIXELS, DecodeLimits
 from genart.data.transforms import ImageDecodeError, InputSpec, decode_with_header, eval_transform
+from genart.serve.metrics import save_coverage
 
 __all__ = [
     "MODEL_MEMORY",
@@ -150,6 +151,7 @@ class Preprocessor:
         return True
 
     def check_health(self) -> None:
+        save_coverage()
         check_memory(self.memory_cap, "Preprocessor")
 
     def memory(self) -> dict[str, int]:
@@ -216,6 +218,7 @@ class ModelDeployment:
             self.infer.set_batch_wait_timeout_s(float(user_config["batch_wait_timeout_s"]))
 
     def check_health(self) -> None:
+        save_coverage()
         if self.loaded is None:
             raise RuntimeError(f"model {self.name} has no artefact: set 'artifact' in its user_config")
         check_memory(self.memory_cap, f"model {self.name}")

@@ -32,6 +32,7 @@ from genart.serve.errors import (
     UnprocessableImage,
     UnsupportedMediaType,
 )
+from genart.serve.metrics import save_coverage
 from genart.serve.middleware import (
     DeadlineMiddleware,
     LimitsMiddleware,
@@ -135,6 +136,7 @@ class EnsembleIngress:
             else None,
             on_write_error=lambda exc: self.metrics.store_failures.inc(),
             on_drop=lambda record: self.metrics.store_dropped.inc(),
+            spool=self._open_spool(),
         )
         self.migrated = False
         self._members: dict[str, dict[str, Any]] = {}
@@ -145,6 +147,24 @@ class EnsembleIngress:
             self.reconfigure({})
         app.state.ingress = self
         log.info("ingress up: models %s, store %s", list(models), self.store.url)
+
+    def _open_spool(self) -> Any:
+        """The durable spool under GENART_DATA_DIR; without one (read-only disk) the buffer is memory only."""
+        import sqlite3
+
+        from genart.serve.store import Spool
+
+        try:
+            spool = Spool.for_database(self.settings.data_dir, self.settings.database_url)
+        except (OSError, sqlite3.Error) as exc:
+            log.error(
+                "no prediction spool in %s (%s): buffered predictions die with this replica",
+                self.settings.data_dir,
+                exc,
+            )
+            return None
+        log.info("prediction spool: %s", spool.path)
+        return spool
 
     # -- configuration -----------------------------------------------------------------------------------
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -205,14 +225,17 @@ class EnsembleIngress:
     async def check_health(self) -> None:
         """Serve restarts a replica whose check fails. The store being down is not a reason: this replica
         holds the buffered predictions, so only a dead writer or an overflowing buffer fails the check."""
+        save_coverage()
         await self._ensure_started()
         self.metrics.store_buffer.set(self.writer.depth)
         if self.writer.depth >= self.config.store_buffer:
-            log.error("store buffer full (%d): predictions are being dropped", self.writer.depth)
+            fate = "wait in the spool" if self.writer.spool is not None else "are being dropped"
+            log.error("store buffer full (%d): predictions %s", self.writer.depth, fate)
 
     async def __del__(self) -> None:
         """Serve awaits this on graceful shutdown: write what is still buffered."""
         await self.writer.close(timeout_s=10.0)
+        save_coverage()
 
     # -- the models --------------------------------------------------------------------------------------
     async def _member_info(self, refresh: bool = False) -> dict[str, dict[str, Any]]:

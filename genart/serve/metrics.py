@@ -6,9 +6,11 @@ then ``http://<node>:8080/metrics``).
 
 from __future__ import annotations
 
+import logging
+import os
 from functools import cached_property
 
-__all__ = ["LATENCY_BOUNDARIES_MS", "ServeMetrics"]
+__all__ = ["LATENCY_BOUNDARIES_MS", "ServeMetrics", "save_coverage"]
 
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000]
 
@@ -83,3 +85,19 @@ class ServeMetrics:
         from ray.serve.metrics import Gauge
 
         return Gauge("genart_online_accuracy", description="accuracy over every prediction with feedback")
+
+
+def save_coverage() -> None:
+    """Under the test suite's coverage (a ``.pth`` hook starts it in every Python process when
+    ``COVERAGE_PROCESS_START`` or ``COVERAGE_PROCESS_CONFIG`` is set), write this replica's data now. Serve
+    stops replicas with ``ray.kill``, which skips the ``atexit`` hook that would have written it."""
+    if not (os.environ.get("COVERAGE_PROCESS_CONFIG") or os.environ.get("COVERAGE_PROCESS_START")):
+        return
+    try:
+        import coverage
+
+        current = coverage.Coverage.current()
+        if current is not None:
+            current.save()
+    except Exception:  # measuring must never fail a health check
+        logging.getLogger("genart.serve").debug("coverage data not saved", exc_info=True)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import logging
 import math
+import sqlite3
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -59,6 +62,7 @@ __all__ = [
     "PredictionRecord",
     "PredictionStore",
     "RecordsRejected",
+    "Spool",
     "StoreUnavailable",
     "StoreWriter",
     "alembic_config",
@@ -373,6 +377,70 @@ class PredictionStore:
         self.engine.dispose()
 
 
+class Spool:
+    """Predictions not yet in the database, on local disk: SQLite in WAL mode, one row per ``request_id``.
+
+    The ingress puts each record here before it answers, and removes it once the database has accepted it,
+    so a ``kill -9`` of the ingress during a database outage loses nothing: the next ingress on this
+    machine replays what it finds (writes are idempotent on ``request_id``). ``synchronous=NORMAL`` makes a
+    commit survive the process being killed, though not a power cut. One file per database URL
+    (:meth:`for_database`), so that a spool is only ever replayed into the database it was meant for.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connection = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=5
+        )
+        self._lock = threading.Lock()
+        with self._lock:
+            self._connection.execute("PRAGMA journal_mode=WAL")
+            self._connection.execute("PRAGMA synchronous=NORMAL")
+            self._connection.execute(
+                "CREATE TABLE IF NOT EXISTS pending (request_id TEXT PRIMARY KEY, record TEXT NOT NULL)"
+            )
+
+    @classmethod
+    def for_database(cls, data_dir: str | Path, database_url: str) -> Spool:
+        digest = hashlib.sha256(normalise_url(database_url).encode()).hexdigest()[:12]
+        return cls(Path(data_dir) / f"spool-{digest}.db")
+
+    def put(self, record: PredictionRecord) -> None:
+        with self._lock:
+            self._connection.execute(
+                "INSERT OR REPLACE INTO pending (request_id, record) VALUES (?, ?)",
+                (record.request_id, record.model_dump_json()),
+            )
+
+    def remove(self, request_ids: list[str]) -> None:
+        with self._lock:
+            self._connection.executemany(
+                "DELETE FROM pending WHERE request_id = ?", [(r,) for r in request_ids]
+            )
+
+    def load(
+        self, limit: int | None = None, exclude: set[str] | frozenset[str] = frozenset()
+    ) -> list[PredictionRecord]:
+        """Spooled records, oldest first, skipping ``exclude``; at most ``limit``."""
+        with self._lock:
+            rows = self._connection.execute(
+                "SELECT request_id, record FROM pending ORDER BY rowid"
+            ).fetchall()
+        records = [
+            PredictionRecord.model_validate_json(raw) for request_id, raw in rows if request_id not in exclude
+        ]
+        return records if limit is None else records[:limit]
+
+    def __len__(self) -> int:
+        with self._lock:
+            return int(self._connection.execute("SELECT count(*) FROM pending").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+
 class StoreWriter:
     """Writes records off the request path.
 
@@ -388,6 +456,11 @@ class StoreWriter:
     gives up. A spilled line is a ``PredictionRecord``:
     ``store.write([PredictionRecord.model_validate_json(line)])`` replays it, idempotently.
 
+    With a ``spool`` (:class:`Spool`), every submitted record is on disk before ``submit`` returns and leaves
+    it only once the database has it (or refused it): ``start`` replays what an earlier writer left there,
+    a full buffer leaves records in the spool for later instead of dropping them, and ``close`` keeps what it
+    could not write there for the next writer.
+
     Every method but ``start``, ``flush`` and ``close`` is synchronous and meant for the event loop's thread.
     """
 
@@ -402,6 +475,7 @@ class StoreWriter:
         spill_path: str | Path | None = None,
         on_write_error: Callable[[Exception], None] | None = None,
         on_drop: Callable[[PredictionRecord], None] | None = None,
+        spool: Spool | None = None,
     ) -> None:
         if max_buffer < 1 or batch_size < 1:
             raise ValueError("max_buffer and batch_size must be at least 1")
@@ -413,8 +487,10 @@ class StoreWriter:
         self.spill_path = Path(spill_path) if spill_path is not None else None
         self.on_write_error = on_write_error
         self.on_drop = on_drop
+        self.spool = spool
 
         self.dropped = 0
+        self.deferred = 0  # records left in the spool because the buffer was full
         self.written = 0
         self.write_failures = 0
         self.last_error: str | None = None
@@ -433,8 +509,8 @@ class StoreWriter:
 
     @property
     def depth(self) -> int:
-        """Records waiting for the database."""
-        return len(self._buffer)
+        """Records waiting for the database: buffered, and left in the spool for later."""
+        return len(self._buffer) + self.deferred
 
     @property
     def running(self) -> bool:
@@ -443,7 +519,7 @@ class StoreWriter:
 
     @property
     def _busy(self) -> bool:
-        return bool(self._buffer or self._late_feedback)
+        return bool(self._buffer or self._late_feedback or self.deferred)
 
     def submit(self, record: PredictionRecord) -> bool:
         """Buffer a record for writing; never blocks. False when it was dropped (full buffer or closed)."""
@@ -452,16 +528,42 @@ class StoreWriter:
         if self._closed:
             self._drop(record, "the store writer is closed")
             return False
+        if self.spool is not None:
+            self._spool_put(record)
+            if len(self._buffer) >= self.max_buffer or self.deferred:  # keep the spool's order
+                self.deferred += 1
+                self._wake()
+                return True
         if len(self._buffer) >= self.max_buffer:
             self._drop(
                 record, f"the write buffer is full ({self.max_buffer} records waiting for the database)"
             )
             return False
         self._buffer[record.request_id] = record
+        self._wake()
+        return True
+
+    def _wake(self) -> None:
         if self._idle is not None and self._wakeup is not None:
             self._idle.clear()
             self._wakeup.set()
-        return True
+
+    def _spool_put(self, record: PredictionRecord) -> None:
+        assert self.spool is not None
+        try:
+            self.spool.put(record)
+        except sqlite3.Error as exc:  # a full or read-only disk must not fail the request
+            logger.error("prediction %s not spooled to %s: %s", record.request_id, self.spool.path, exc)
+
+    async def _refill(self) -> None:
+        """Move records left in the spool (buffer full, or an earlier writer's) into the buffer."""
+        assert self.spool is not None
+        room = self.max_buffer - len(self._buffer)
+        records = await asyncio.to_thread(self.spool.load, room, set(self._buffer))
+        for record in records:
+            self._buffer.setdefault(record.request_id, record)
+        remaining = 0 if len(records) < room else await asyncio.to_thread(len, self.spool)
+        self.deferred = max(0, remaining - len(self._buffer))
 
     def pending(self, request_id: str) -> PredictionRecord | None:
         return self._buffer.get(request_id)
@@ -475,6 +577,8 @@ class StoreWriter:
             return False
         at = _utcnow()
         self._buffer[request_id] = record.model_copy(update={"feedback_label": label, "feedback_at": at})
+        if self.spool is not None:
+            self._spool_put(self._buffer[request_id])
         if request_id in self._in_flight:
             # The batch being written holds the old copy; without this the feedback would vanish with it.
             self._late_feedback[request_id] = (label, at)
@@ -485,6 +589,10 @@ class StoreWriter:
         if self.running:
             return
         self._closed = False
+        if self.spool is not None:
+            self.deferred = len(self.spool)
+            if self.deferred:
+                logger.warning("replaying %d predictions spooled in %s", self.deferred, self.spool.path)
         self._wakeup, self._idle, self._retry_now = asyncio.Event(), asyncio.Event(), asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._drain(), name="genart-store-writer")
 
@@ -512,6 +620,13 @@ class StoreWriter:
                 await task
         leftovers = list(self._buffer.values())
         self._buffer.clear()
+        if self.spool is not None and leftovers:
+            logger.error(
+                "%d predictions not yet stored stay in the spool %s for the next ingress",
+                len(leftovers),
+                self.spool.path,
+            )
+            leftovers = []
         for record in leftovers:
             self._drop(record, "the store writer closed before the database accepted it")
         if self._late_feedback:
@@ -549,6 +664,8 @@ class StoreWriter:
             for request_id, feedback in late.items():
                 if self._late_feedback.get(request_id) == feedback:
                     del self._late_feedback[request_id]
+        if self.deferred and len(self._buffer) < self.batch_size:
+            await self._refill()
         if not self._buffer:
             self.healthy = True
             return
@@ -560,6 +677,9 @@ class StoreWriter:
             self._in_flight = set()
         for record in batch:
             self._buffer.pop(record.request_id, None)
+        if self.spool is not None:
+            # A record whose feedback came during the write was put again; its late feedback is still pending.
+            await asyncio.to_thread(self.spool.remove, [r.request_id for r in batch])
         self.written += len(batch) - len(refused)
         self.healthy = True
         for record, error in refused:

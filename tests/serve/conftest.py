@@ -166,7 +166,12 @@ def live(ray_cluster: dict[str, int], pg_app_url: str, tmp_path_factory: pytest.
         "detector_v2": untrained_artifact(root, "detector_v2", "tiny", 2, threshold=0.3, version="7"),
     }  # fmt: skip
     http_port = free_port()
-    env = {"DATABASE_URL": pg_app_url, "GENART_API_KEY": API_KEY, "GENART_LOG_DIR": str(root / "logs")}
+    env = {
+        "DATABASE_URL": pg_app_url,
+        "GENART_API_KEY": API_KEY,
+        "GENART_LOG_DIR": str(root / "logs"),
+        "GENART_DATA_DIR": str(root / "data"),
+    }
     config = live_serve_config(
         http_port, env, artifacts, timeout_s=30, max_upload_bytes=MAX_UPLOAD, max_batch_images=MAX_BATCH,
         url_allowlist=["127.0.0.1/32"], url_timeout_s=3,

@@ -26,6 +26,7 @@ from genart.serve.store import (
     PredictionRecord,
     PredictionStore,
     RecordsRejected,
+    Spool,
     StoreUnavailable,
     StoreWriter,
     alembic_config,
@@ -465,3 +466,65 @@ def test_writer_loses_nothing_while_postgresql_restarts(store_url: str) -> None:
         assert writer.written == 40 and writer.dropped == 0 and writer.healthy
     finally:
         store.dispose()
+
+
+def test_a_killed_writer_leaves_its_records_in_the_spool_and_the_next_one_stores_them(tmp_path: Path) -> None:
+    """The kill -9 case: the database is down, the process dies with records buffered; nothing is lost."""
+    store = FakeStore()
+    store.down = True
+    first = StoreWriter(store, retry_initial_s=0.01, retry_max_s=0.05, spool=Spool(tmp_path / "spool.db"))
+
+    async def killed() -> None:
+        await first.start()
+        for i in range(5):
+            first.submit(record(i))
+        first.set_pending_feedback("req-2", "nature")
+        await eventually(lambda: first.write_failures >= 1)
+        # No close(): the process is gone and only the spool file survives it.
+
+    asyncio.run(killed())
+    assert store.inserted == [] and len(Spool(tmp_path / "spool.db")) == 5
+
+    store.down = False
+    spool = Spool(tmp_path / "spool.db")
+    second = StoreWriter(store, spool=spool)
+
+    async def next_ingress() -> None:
+        await second.start()
+        assert await second.flush(timeout_s=5)
+
+    asyncio.run(next_ingress())
+    assert sorted(store.inserted) == [f"req-{i}" for i in range(5)]
+    assert store.rows["req-2"].feedback_label == "nature" and len(spool) == 0
+
+
+def test_with_a_spool_a_full_buffer_defers_instead_of_dropping(tmp_path: Path) -> None:
+    store = FakeStore()
+    store.down = True
+    dropped: list[PredictionRecord] = []
+    writer = StoreWriter(
+        store, max_buffer=2, batch_size=2, retry_initial_s=0.01, retry_max_s=0.05,
+        spool=Spool(tmp_path / "spool.db"), on_drop=dropped.append,
+    )  # fmt: skip
+
+    async def main() -> None:
+        await writer.start()
+        for i in range(7):
+            assert writer.submit(record(i))
+        assert writer.depth == 7 and writer.deferred == 5 and dropped == []
+        store.down = False
+        assert await writer.flush(timeout_s=5)
+
+    asyncio.run(main())
+    assert store.inserted == [f"req-{i}" for i in range(7)]  # in the order they came
+    assert writer.dropped == 0 and len(writer.spool) == 0
+
+
+def test_one_spool_per_database(tmp_path: Path) -> None:
+    a = Spool.for_database(tmp_path, "sqlite:///a.db")
+    assert (
+        a.path
+        == Spool.for_database(tmp_path, "sqlite:///a.db").path
+        != Spool.for_database(tmp_path, "sqlite:///b.db").path
+    )
+    assert a.path.parent == tmp_path

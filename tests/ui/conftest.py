@@ -48,7 +48,11 @@ def live_api(ray_cluster: dict[str, int], tmp_path_factory: pytest.TempPathFacto
         ),
     }  # fmt: skip
     port = free_port()
-    env = {"DATABASE_URL": f"sqlite:///{root / 'genart.db'}", "GENART_API_KEY": API_KEY}
+    env = {
+        "DATABASE_URL": f"sqlite:///{root / 'genart.db'}",
+        "GENART_API_KEY": API_KEY,
+        "GENART_DATA_DIR": str(root / "data"),
+    }
     config = live_serve_config(
         port, env, artifacts, timeout_s=60, max_batch_images=MAX_BATCH, url_allowlist=["127.0.0.1/32"],
         url_timeout_s=5,
