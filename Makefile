@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install weights wild wild-data wild-align wild-train wild-eval wild-serve install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve bench-budget real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
+.PHONY: help install system-packages weights wild wild-data wild-align wild-train wild-eval wild-serve install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve bench-budget real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -32,7 +32,28 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
 
-install: $(VENV)/.installed ## create .venv and install genart with its dev tools (about 2 minutes cold)
+install: $(VENV)/.installed system-packages ## create .venv, install genart with its dev tools, and the system packages below
+
+# The system packages the tests and wild-train need, as "Debian package:a command it installs": Chromium for the
+# browser tests, PostgreSQL's server binaries for the db tests' throwaway server, jpegtran for wild-train.
+# Missing ones are installed with apt-get as root or with sudo; otherwise the one command to run is printed.
+SYSTEM_PACKAGES ?= chromium:chromium postgresql:initdb libjpeg-turbo-progs:jpegtran
+
+system-packages: ## install the missing system packages (Chromium, PostgreSQL server, jpegtran) with apt-get
+	@missing=""; \
+	for entry in $(SYSTEM_PACKAGES); do \
+		command -v $${entry#*:} > /dev/null || compgen -G "/usr/lib/postgresql/*/bin/$${entry#*:}" > /dev/null \
+			|| missing="$$missing $${entry%%:*}"; \
+	done; \
+	[ -n "$$missing" ] || exit 0; \
+	install="apt-get install -y --no-install-recommends$$missing"; \
+	if ! command -v apt-get > /dev/null; then \
+		echo "make install: install these with your system's package manager:$$missing"; exit 0; \
+	elif [ "$$(id -u)" -eq 0 ]; then sudo=""; \
+	elif sudo -n true 2> /dev/null; then sudo="sudo"; \
+	else echo "make install: the tests need$$missing; run: sudo apt-get update && sudo $$install"; exit 0; fi; \
+	echo "make install: installing$$missing with apt-get"; \
+	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive $$install -qq > /dev/null
 
 # TFLite export needs litert-torch, its interpreter and quantizer (jax, transformers, ...): a venv of its own
 # keeps `make install` as fast as it is. `genart export --format tflite` runs from it.
@@ -57,9 +78,8 @@ format: $(VENV)/.installed ## apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# The db tests need a PostgreSQL; this machine's local one unless DATABASE_URL says otherwise. Only for tests:
-# the demo and the app use SQLite by default.
-test: export DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+# The db tests use the PostgreSQL at DATABASE_URL when it is set, otherwise they start a throwaway server of their
+# own from the installed binaries (tests/serve/conftest.py). The demo and the app use SQLite by default.
 test: $(VENV)/.installed weights lint ## lint, then the whole suite with coverage (fails under 80%)
 	$(VENV)/bin/pytest --cov=genart --cov-report=term --cov-fail-under=80 -p no:cacheprovider
 

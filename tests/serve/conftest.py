@@ -1,12 +1,17 @@
-"""Fixtures for the serving tests: a throwaway PostgreSQL database per session, SQLite files per test, and the
-live Serve app (deployed once per test module that asks for it) with a local image server."""
+"""Fixtures for the serving tests: a PostgreSQL server (the one at ``DATABASE_URL``, else a throwaway one),
+fresh databases on it, SQLite files per test, and the live Serve app (deployed once per test module that asks
+for it) with a local image server."""
 
 from __future__ import annotations
 
 import http.server
 import os
+import pwd
+import shutil
+import subprocess
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +32,121 @@ from genart.serve.store import PredictionStore, mask_url
 from tests.conftest import SAMPLE_DATA, http_server, image_bytes, live_serve_config, untrained_artifact
 
 
+def postgres_binaries() -> Path | None:
+    """The folder of ``initdb`` and ``pg_ctl``: on PATH, else Debian's ``/usr/lib/postgresql/<major>/bin``."""
+    on_path = shutil.which("initdb")
+    if on_path:
+        return Path(on_path).resolve().parent
+    debian = sorted(Path("/usr/lib/postgresql").glob("[0-9]*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    return debian[-1].parent if debian else None
+
+
+@dataclass
+class PostgresServer:
+    """The server the db tests use, and how to stop and start it (the outage tests do)."""
+
+    url: str
+    control: Callable[[str], None]  # "stop" or "start"
+
+
+def debian_cluster(action: str) -> None:
+    """Stop or start the machine's Debian PostgreSQL cluster (pg_ctlcluster; the tests run as root)."""
+    if not os.path.isdir("/etc/postgresql"):
+        pytest.fail(
+            "this test stops and restarts a local Debian PostgreSQL cluster; /etc/postgresql is missing"
+        )
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    # Not check=True on start: when stop failed the server is up and start exits non-zero, masking the cause.
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
+        check=action == "stop",
+        timeout=60,
+        capture_output=True,
+    )
+    if action == "start":
+        deadline = time.monotonic() + 30
+        while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode != 0:
+            assert time.monotonic() < deadline, "PostgreSQL did not come back within 30 s"
+            time.sleep(0.2)
+
+
 @contextmanager
-def fresh_database(prefix: str) -> Iterator[str]:
-    """A fresh, empty database ``<prefix>_<random>`` on the server at ``DATABASE_URL``, dropped afterwards
+def throwaway_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server of its own (initdb in a temporary folder, trust auth, 127.0.0.1 on a free port, no
+    Unix socket), stopped and deleted afterwards. PostgreSQL refuses to run as root: as root it runs as the
+    ``postgres`` user that Debian's package creates."""
+    bindir = postgres_binaries()
+    if bindir is None:
+        pytest.fail(
+            "the db tests need PostgreSQL: set DATABASE_URL to a server, or install the server binaries "
+            "(`make install` does, or `apt-get install -y postgresql`) so that the tests start one of their "
+            "own; deselect them with -m 'not db'",
+            pytrace=False,
+        )
+    as_user: list[str] = []
+    root = Path(tempfile.mkdtemp(prefix="genart-pg-"))
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(root)
+            pytest.fail(
+                "PostgreSQL cannot run as root, and there is no `postgres` user to run it", pytrace=False
+            )
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+        as_user = ["runuser", "-u", "postgres", "--"]
+    data, log, port = root / "data", root / "server.log", free_port()
+
+    def run(program: str, *args: str) -> None:
+        done = subprocess.run(
+            [*as_user, str(bindir / program), *args], capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            output = done.stdout + done.stderr + (log.read_text()[-2000:] if log.exists() else "")
+            pytest.fail(f"{program} failed for the throwaway PostgreSQL:\n{output}", pytrace=False)
+
+    def control(action: str) -> None:
+        if action == "start":
+            options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c fsync=off"
+            run("pg_ctl", "start", "-w", "-D", str(data), "-l", str(log), "-o", options)
+        else:
+            run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(data))
+
+    try:
+        run("initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale")
+        control("start")
+        try:
+            yield PostgresServer(f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres", control)
+        finally:
+            control("stop")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """The PostgreSQL server the db tests use: the machine's at ``DATABASE_URL`` when it is set, otherwise a
+    throwaway server of the tests' own (:func:`throwaway_postgres`), started only when a db test asks."""
+    base = os.environ.get("DATABASE_URL")
+    if base:
+        yield PostgresServer(base, debian_cluster)
+        return
+    with throwaway_postgres() as server:
+        yield server
+
+
+@contextmanager
+def fresh_database(base: str, prefix: str) -> Iterator[str]:
+    """A fresh, empty database ``<prefix>_<random>`` on the server at ``base``, dropped afterwards
     (:func:`genart.bench.load.fresh_database`, which the load test uses too).
 
     Fails rather than skips when there is no server: a green run must mean the PostgreSQL tests ran.
     """
-    base = os.environ.get("DATABASE_URL")
-    if not base or make_url(base).get_backend_name() != "postgresql":
+    if make_url(base).get_backend_name() != "postgresql":
         pytest.fail(
             f"the db tests need DATABASE_URL to point at a PostgreSQL server (it is {base!r}), e.g. "
-            "postgresql+psycopg://postgres@127.0.0.1:5432/test; or deselect them with -m 'not db'",
+            "postgresql+psycopg://postgres@127.0.0.1:5432/test; unset it to let the tests start their own, "
+            "or deselect them with -m 'not db'",
             pytrace=False,
         )
     with ExitStack() as stack:
@@ -54,16 +162,16 @@ def fresh_database(prefix: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
+def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
     """A database for the store tests, which start each test from an empty schema."""
-    with fresh_database("genart_test") as url:
+    with fresh_database(postgres_server.url, "genart_test") as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def pg_app_url() -> Iterator[str]:
+def pg_app_url(postgres_server: PostgresServer) -> Iterator[str]:
     """A database of its own for a module's Serve app, so that its rows never meet the store tests'."""
-    with fresh_database("genart_app") as url:
+    with fresh_database(postgres_server.url, "genart_app") as url:
         yield url
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from typer.testing import CliRunner
 
 from genart.cli import app as cli
 from tests.conftest import image_bytes, png_bomb
-from tests.serve.conftest import API_KEY, MAX_UPLOAD, Live
+from tests.serve.conftest import API_KEY, MAX_UPLOAD, Live, PostgresServer
 
 pytestmark = [pytest.mark.ray, pytest.mark.db, pytest.mark.slow]
 
@@ -312,22 +311,12 @@ def test_an_ensemble_artefact_sets_the_served_rule_weights_and_threshold(live: L
             time.sleep(0.5)
 
 
-def _postgres(action: str) -> None:
-    import os
-
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], check=True)
-    if action == "start":
-        deadline = time.monotonic() + 30
-        while subprocess.run(["pg_isready", "-h", "127.0.0.1", "-q"]).returncode != 0:
-            assert time.monotonic() < deadline, "PostgreSQL did not come back"
-            time.sleep(0.3)
-
-
-def test_no_prediction_is_lost_while_the_database_is_down(live: Live) -> None:
+def test_no_prediction_is_lost_while_the_database_is_down(
+    live: Live, postgres_server: PostgresServer
+) -> None:
     before = live.settled()
     served = 0
-    _postgres("stop")
+    postgres_server.control("stop")
     try:
         with live.client() as client:
             for i in range(12):
@@ -338,5 +327,5 @@ def test_no_prediction_is_lost_while_the_database_is_down(live: Live) -> None:
         assert health["status"] == "degraded" and not health["parts"]["store"]["ok"]
         assert health["parts"]["store"]["detail"]["buffered"] >= 1
     finally:
-        _postgres("start")
+        postgres_server.control("start")
     assert live.wait_stored(before + served, timeout_s=90) == before + served

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +30,7 @@ from genart.serve.store import (
     alembic_config,
     normalise_url,
 )
+from tests.serve.conftest import PostgresServer, fresh_database, throwaway_postgres
 
 
 def record(i: int, **fields) -> PredictionRecord:
@@ -418,29 +417,10 @@ def test_close_spills_what_the_database_never_accepted(tmp_path: Path) -> None:
 # -- a real outage -------------------------------------------------------------------------------------------
 
 
-def postgres(action: str) -> None:
-    """Stop or start the local PostgreSQL cluster (Debian's pg_ctlcluster; the tests run as root)."""
-    if not os.path.isdir("/etc/postgresql"):
-        pytest.fail(
-            "this test stops and restarts a local Debian PostgreSQL cluster; /etc/postgresql is missing"
-        )
-    version = sorted(os.listdir("/etc/postgresql"))[-1]
-    # Not check=True on start: when stop failed the server is up and start exits non-zero, masking the cause.
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action],
-        check=action == "stop",
-        timeout=60,
-        capture_output=True,
-    )
-    if action == "start":
-        deadline = time.monotonic() + 30
-        while subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"], check=False).returncode != 0:
-            assert time.monotonic() < deadline, "PostgreSQL did not come back within 30 s"
-            time.sleep(0.2)
-
-
 @pytest.mark.parametrize("store_url", [pytest.param("postgresql", marks=pytest.mark.db)], indirect=True)
-def test_writer_loses_nothing_while_postgresql_restarts(store_url: str) -> None:
+def test_writer_loses_nothing_while_postgresql_restarts(
+    store_url: str, postgres_server: PostgresServer
+) -> None:
     store = migrated(PredictionStore(store_url, connect_timeout_s=1))
     writer = StoreWriter(store, batch_size=8, retry_initial_s=0.1, retry_max_s=0.5)
 
@@ -450,13 +430,13 @@ def test_writer_loses_nothing_while_postgresql_restarts(store_url: str) -> None:
             writer.submit(record(i))
         assert await writer.flush(timeout_s=10)
         try:
-            await asyncio.to_thread(postgres, "stop")
+            await asyncio.to_thread(postgres_server.control, "stop")
             for i in range(10, 40):
                 writer.submit(record(i))
             await eventually(lambda: writer.write_failures >= 2, timeout_s=10)
             assert writer.depth == 30 and not writer.healthy
         finally:
-            await asyncio.to_thread(postgres, "start")
+            await asyncio.to_thread(postgres_server.control, "start")
         assert await writer.flush(timeout_s=15)
         await writer.close()
 
@@ -528,3 +508,16 @@ def test_one_spool_per_database(tmp_path: Path) -> None:
         != Spool.for_database(tmp_path, "sqlite:///b.db").path
     )
     assert a.path.parent == tmp_path
+
+
+@pytest.mark.db
+def test_throwaway_postgres_serves_a_store_and_is_gone_afterwards() -> None:
+    """The server `make test` starts when DATABASE_URL is unset (CI sets it: this test runs one there)."""
+    with throwaway_postgres() as server, fresh_database(server.url, "genart_throwaway") as url:
+        store = PredictionStore(url)
+        store.upgrade()
+        store.write([record(1)])
+        assert store.get("req-1") is not None
+        store.dispose()
+    with pytest.raises(StoreUnavailable):
+        PredictionStore(server.url, connect_timeout_s=1).ping()

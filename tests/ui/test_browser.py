@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,7 +24,8 @@ from tests.ui.conftest import LiveApi
 
 pytestmark = [pytest.mark.browser, pytest.mark.ray, pytest.mark.slow]
 
-CHROMIUM = os.environ.get("GENART_CHROMIUM", "/usr/bin/chromium")
+# An empty GENART_CHROMIUM counts as unset: Playwright given "" looks for a browser download of its own.
+CHROMIUM = os.environ.get("GENART_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(os.environ.get("GENART_SCREENSHOTS", Path(__file__).resolve().parents[2] / "reports" / "ui"))
 WIDTHS = {1280: 900, 390: 844}  # a laptop and a phone (CSS pixels); full-page shots grow past the height
 
@@ -63,8 +65,8 @@ def browser() -> Iterator[Any]:
     """Debian's Chromium: Playwright's own browser download is not reachable from here, and not needed."""
     if not Path(CHROMIUM).exists():
         pytest.fail(
-            f"no Chromium at {CHROMIUM}: install it with `apt-get install -y chromium` (or point "
-            "GENART_CHROMIUM at one); deselect the browser tests with -m 'not browser'",
+            f"no Chromium at {CHROMIUM}: `make install` installs it (or `apt-get install -y chromium`, or "
+            "point GENART_CHROMIUM at one); deselect the browser tests with -m 'not browser'",
             pytrace=False,
         )
     from playwright.sync_api import sync_playwright
