@@ -272,9 +272,19 @@ def train(
         str | None, typer.Option(help="artefact folder name under --out (default: the run name)")
     ] = None,
     track: Annotated[bool, typer.Option("--track/--no-track", help="log to MLflow")] = True,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="also print Ray Train's report of every rank and epoch and the step losses (by default one "
+            "line per epoch; the reports are always in the Ray session's logs/train/ files)",
+        ),
+    ] = False,
     overrides: SetOption = None,
 ) -> None:
-    """Train a detector with Ray Train, calibrate it on validation, evaluate it on test, save the artefact."""
+    """Train a detector with Ray Train, calibrate it on validation, evaluate it on test, save the artefact.
+
+    The terminal shows one line per epoch (rank 0); ``--verbose`` adds Ray Train's own reports."""
     from genart.models.zoo import PretrainedWeightsUnavailable
     from genart.train.trainer import fit
 
@@ -289,6 +299,7 @@ def train(
             "train.use_gpu": gpu,
             "model.pretrained": pretrained,
             "model.weights": weights,
+            "train.verbose": verbose or None,
         },
     )
     if cfg.data.manifest is None:
@@ -416,46 +427,14 @@ def evaluate_cmd(
         _fail(f"unknown protocol {protocol!r}: use 'standard', 'logo' or 'loso'")
     if artifact is None:
         _fail("give an ARTIFACT to evaluate (a directory or models:/genart-<name>/<version>)")
-    from genart.data.pipeline import select_rows
-    from genart.evaluate.evaluation import (
-        ROBUSTNESS,
-        calibrate,
-        evaluate,
-        manifest_label,
-        recorded_calibration,
-        write_evaluation,
-    )
-    from genart.models.ensemble import LoadedEnsemble, load_model_or_ensemble
+    from genart.evaluate.evaluation import ROBUSTNESS, evaluate_artifact
 
     try:
-        loaded = load_model_or_ensemble(artifact)
-        if calibrate_on and isinstance(loaded, LoadedEnsemble):
-            _fail("an ensemble's threshold is chosen on validation by `genart ensemble`; drop --calibrate-on")
-        if split is None:
-            from genart.data.index import read_manifest
-
-            present = set(read_manifest(data)["split"].dropna())
-            split = "test" if "test" in present else None
-        classes = loaded.meta.classes if len(loaded.meta.classes) > 2 else None
-        rows = select_rows(data, split, classes=classes)
-        calibration = None
-        if calibrate_on and calibrate_on == split:
-            _fail(
-                f"--calibrate-on equals --split ({split}): a threshold fitted on what it scores flatters it"
-            )
-        if calibrate_on:
-            calibration = calibrate(loaded, select_rows(data, calibrate_on, classes=classes), workers=workers)
-            loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold
-        else:
-            calibration = recorded_calibration(loaded)
+        result, report = evaluate_artifact(
+            artifact, data, split, calibrate_on, ROBUSTNESS if robustness else (), out, workers, progress=True
+        )
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    result = evaluate(
-        loaded, rows, split=split or "all", robustness=ROBUSTNESS if robustness else (), workers=workers,
-        progress=True, calibration=calibration,
-    )  # fmt: skip
-    result.data = manifest_label(data)
-    report = write_evaluation(result, out or Path("reports/eval") / f"{loaded.meta.name}-{split or 'all'}")
     typer.echo(_eval_table(result))
     if result.attribution is not None:
         typer.echo(
@@ -584,11 +563,9 @@ def compare_cmd(
     if track:
         import mlflow
 
-        from genart.config import Settings
-        from genart.train.trainer import absolute_tracking_uri
+        from genart.tracking import use_experiment
 
-        mlflow.set_tracking_uri(absolute_tracking_uri(Settings().mlflow_tracking_uri))
-        mlflow.set_experiment("genart-compare")
+        use_experiment("genart-compare")
         with mlflow.start_run(run_name=f"compare-{len(artifacts)}-models") as run:
             mlflow.log_artifacts(str(out), artifact_path="comparison")
         typer.echo(f"logged to MLflow run {run.info.run_id}")
@@ -700,21 +677,16 @@ def _loso(config: Path | None, overrides: list[str] | None, data: Path, out: Pat
 
 
 def _logo(config: Path | None, overrides: list[str] | None, data: Path, out: Path | None) -> None:
-    from genart.evaluate.protocols import leave_one_generator_out
+    from genart.evaluate.protocols import leave_one_generator_out, write_logo_report
 
     cfg = _config(config, overrides)
     try:
         table = leave_one_generator_out(cfg, data)
     except (FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
-    out = out or Path("reports/eval/logo")
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "logo.csv")
-    (out / "logo.md").write_text(
-        "# Leave one generator out\n\n" + table.drop(columns=["artifact"]).to_markdown(floatfmt=".3f")
-    )
+    report = write_logo_report(table, out or Path("reports/eval/logo"))
     typer.echo(table.drop(columns=["artifact"]).to_string(float_format=lambda v: f"{v:.3f}"))
-    typer.echo(f"\nreport: {out / 'logo.md'}")
+    typer.echo(f"\nreport: {report}")
 
 
 ApiOption = Annotated[str, typer.Option("--url", "--api", help="the genart API", envvar="GENART_API_URL")]

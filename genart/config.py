@@ -35,7 +35,11 @@ __all__ = [
     "parse_overrides",
 ]
 
+# The vocabularies, defined once: a typo in a YAML file or an override fails when the config is loaded.
 CropPolicy = Literal["crop", "resize"]
+EnsembleRule = Literal["mean", "weighted", "vote"]
+OptimizerName = Literal["adamw", "sgd"]
+ScheduleName = Literal["cosine", "step", "constant"]
 
 #: Larger images are refused before any pixel is decoded (decompression bombs). 64 MP covers camera photos.
 MAX_IMAGE_PIXELS = 64_000_000
@@ -149,8 +153,8 @@ class TrainConfig(_Section):
     batch_size: int = Field(32, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = 1e-4
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    optimizer: OptimizerName = "adamw"
+    schedule: ScheduleName = "cosine"
     warmup_epochs: int = 0
     probe_epochs: int = Field(0, ge=0, description="linear-probe epochs before unfreezing the backbone")
     early_stop_patience: int = Field(3, ge=0)
@@ -168,6 +172,9 @@ class TrainConfig(_Section):
     experiment: str = "genart"
     run_name: str | None = None
     limit_train_batches: int | None = None
+    verbose: bool = Field(
+        False, description="also print Ray Train's report of every rank and epoch, and the step losses"
+    )
 
 
 class TuneConfig(_Section):
@@ -175,8 +182,8 @@ class TuneConfig(_Section):
 
     lr: list[float] = Field(default_factory=lambda: [1e-5, 5e-5, 1e-4, 5e-4, 1e-3])
     batch_size: list[int] = Field(default_factory=lambda: [16, 32, 64])
-    optimizer: list[str] | None = None
-    schedule: list[str] | None = None
+    optimizer: list[OptimizerName] | None = None
+    schedule: list[ScheduleName] | None = None
     head_c: list[float] = Field(
         default_factory=lambda: [0.001, 0.003, 0.01, 0.03],
         description="frozen-encoder models: inverse L2 strengths of the head (instead of lr x batch size)",
@@ -206,7 +213,7 @@ class ServeConfig(_Section):
     """
 
     models: list[ServeModel] = Field(min_length=1)
-    rule: Literal["mean", "weighted", "vote"] = "mean"
+    rule: EnsembleRule = "mean"
     threshold: float | None = Field(
         None, ge=0, le=1, description="the ensemble's P(ai) threshold; None: the members' weighted mean"
     )

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from genart.config import GenartConfig, Settings, load_config, parse_overrides
+from genart.config import GenartConfig, ServeConfig, Settings, load_config, parse_overrides
 
 
 def test_defaults_are_a_valid_cpu_config() -> None:
@@ -35,6 +35,17 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path: Path) -> None:
     path.write_text("- 1\n- 2\n")
     with pytest.raises(ValueError, match="mapping"):
         load_config(path, environ={})
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["tune.optimizer=[adam]", "tune.schedule=[cosin]", "train.optimizer=sgdd", "model.crop_policy=cut"],
+)
+def test_a_typo_in_a_vocabulary_fails_when_the_config_is_loaded(override: str) -> None:
+    with pytest.raises(ValidationError, match="Input should be"):
+        load_config(overrides=[override], environ={})
+    with pytest.raises(ValidationError, match="Input should be 'mean', 'weighted' or 'vote'"):
+        ServeConfig.model_validate({"models": [{"name": "a"}], "rule": "median"})
 
 
 def test_parse_overrides_needs_key_and_value() -> None:

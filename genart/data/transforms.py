@@ -24,7 +24,7 @@ from PIL import Image, ImageFilter, ImageOps
 from timm.data import create_transform
 from torchvision import transforms as T
 
-from genart.config import AugmentConfig, DecodeLimits
+from genart.config import AugmentConfig, CropPolicy, DecodeLimits
 from genart.data.headers import (
     REDUCIBLE_MODES,
     ImageBudgetError,
@@ -64,12 +64,12 @@ class InputSpec:
     input_size: int = 224
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-    crop_policy: Literal["crop", "resize"] = "resize"
+    crop_policy: CropPolicy = "resize"
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
 
     @classmethod
-    def from_timm(cls, data_config: dict[str, Any], crop_policy: Literal["crop", "resize"] = "resize") -> InputSpec:
+    def from_timm(cls, data_config: dict[str, Any], crop_policy: CropPolicy = "resize") -> InputSpec:
         """Build from ``timm.data.resolve_model_data_config(model)``, the single source of a model's input."""
         size = data_config["input_size"]
         return cls(
@@ -137,7 +137,9 @@ def decode_with_header(
         factor = 1 if augmented else reduce_factor(image.size, specs)
         if factor > 1:
             if image.mode not in REDUCIBLE_MODES:
-                image = image.convert("I" if image.mode.startswith("I;16") else "RGBA" if header.transparency else "RGB")
+                image = image.convert(
+                    "I" if image.mode.startswith("I;16") else "RGBA" if header.transparency else "RGB"
+                )
             image = image.reduce(factor)
         if not upright:  # exif_transpose copies even an upright image
             image = ImageOps.exif_transpose(image)

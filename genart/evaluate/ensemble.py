@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from genart.config import EnsembleRule
 from genart.data.pipeline import select_rows
 from genart.evaluate.metrics import (
     binary_metrics,
@@ -18,7 +19,7 @@ from genart.evaluate.metrics import (
     per_generator,
 )
 from genart.models.artifact import LoadedModel, load_artifact
-from genart.models.ensemble import EnsembleSpec, Rule, combine, fit_weights, member_names
+from genart.models.ensemble import EnsembleSpec, combine, fit_weights, member_names
 from genart.models.predict import predict_rows
 
 __all__ = ["FittedEnsemble", "build_and_evaluate", "fit_ensemble"]
@@ -36,7 +37,10 @@ class FittedEnsemble:
 
 
 def fit_ensemble(
-    loaded: list[LoadedModel], fit_rows: pd.DataFrame, rule: Rule = "mean", weights: list[float] | None = None
+    loaded: list[LoadedModel],
+    fit_rows: pd.DataFrame,
+    rule: EnsembleRule = "mean",
+    weights: list[float] | None = None,
 ) -> FittedEnsemble:
     """Fit the rule's weights (``weighted`` without fixed weights) and the threshold on ``fit_rows``."""
     fit_preds = [predict_rows(m, fit_rows) for m in loaded]
@@ -57,7 +61,7 @@ def fit_ensemble(
 def build_and_evaluate(
     members: list[str],
     manifest: str | Path,
-    rule: Rule = "mean",
+    rule: EnsembleRule = "mean",
     weights: list[float] | None = None,
     fit_on: str = "val",
     split: str = "test",

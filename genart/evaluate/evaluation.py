@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
 
+from genart.data.transforms import DEGRADATIONS
 from genart.evaluate.metrics import (
     binary_metrics,
     choose_threshold,
@@ -26,12 +27,13 @@ __all__ = [
     "EvaluationResult",
     "calibrate",
     "evaluate",
+    "evaluate_artifact",
     "manifest_label",
     "recorded_calibration",
     "write_evaluation",
 ]
 
-ROBUSTNESS: tuple[str, ...] = ("jpeg96", "jpeg75", "half")
+ROBUSTNESS: tuple[str, ...] = tuple(DEGRADATIONS)
 
 
 @dataclass
@@ -128,6 +130,54 @@ def evaluate(
         calibration=calibration,
         attribution=attribution_recall(preds, loaded.meta.classes) if len(loaded.meta.classes) > 2 else None,
     )
+
+
+def evaluate_artifact(
+    artifact: str | Path,
+    manifest: str | Path,
+    split: str | None = None,
+    calibrate_on: str | None = None,
+    robustness: tuple[str, ...] = ROBUSTNESS,
+    out: str | Path | None = None,
+    workers: int = 0,
+    progress: bool = False,
+) -> tuple[EvaluationResult, Path]:
+    """Evaluate an artefact or an ensemble directory on ``split`` of ``manifest`` and write its report.
+
+    ``split`` defaults to test when the manifest has one, else every usable row (an unsplit folder).
+    ``calibrate_on`` refits temperature and threshold on that split first; otherwise the calibration the
+    artefact (or ensemble) recorded is reported. The report goes to ``out``, by default
+    ``reports/eval/<name>-<split>``. ValueError or FileNotFoundError say what to change.
+    """
+    from genart.data.index import read_manifest
+    from genart.data.pipeline import select_rows
+    from genart.models.ensemble import LoadedEnsemble, load_model_or_ensemble
+
+    loaded = load_model_or_ensemble(artifact)
+    if calibrate_on and isinstance(loaded, LoadedEnsemble):
+        raise ValueError(
+            "an ensemble's threshold is chosen on validation by `genart ensemble`; drop --calibrate-on"
+        )
+    if split is None:
+        split = "test" if "test" in set(read_manifest(manifest)["split"].dropna()) else None
+    classes = loaded.meta.classes if len(loaded.meta.classes) > 2 else None
+    rows = select_rows(manifest, split, classes=classes)
+    if calibrate_on and calibrate_on == split:
+        raise ValueError(
+            f"--calibrate-on equals --split ({split}): a threshold fitted on what it scores flatters it"
+        )
+    if calibrate_on:
+        calibration = calibrate(loaded, select_rows(manifest, calibrate_on, classes=classes), workers=workers)
+        loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold
+    else:
+        calibration = recorded_calibration(loaded)
+    result = evaluate(
+        loaded, rows, split=split or "all", robustness=robustness, workers=workers, progress=progress,
+        calibration=calibration,
+    )  # fmt: skip
+    result.data = manifest_label(manifest)
+    report = write_evaluation(result, out or Path("reports/eval") / f"{loaded.meta.name}-{split or 'all'}")
+    return result, report
 
 
 def attribution_recall(preds: pd.DataFrame, classes: list[str]) -> pd.DataFrame:

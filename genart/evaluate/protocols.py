@@ -17,7 +17,7 @@ from genart.data.index import read_manifest, usable
 from genart.data.pipeline import select_rows
 from genart.evaluate.evaluation import evaluate
 
-__all__ = ["leave_one_generator_out"]
+__all__ = ["leave_one_generator_out", "write_logo_report"]
 
 
 def leave_one_generator_out(
@@ -67,3 +67,15 @@ def leave_one_generator_out(
     table = pd.DataFrame.from_records(records).set_index("held_out")
     table.loc["mean"] = table.drop(columns=["artifact"]).mean()
     return table
+
+
+def write_logo_report(table: pd.DataFrame, out: str | Path) -> Path:
+    """``logo.csv`` (with each model's artefact) and ``logo.md`` (the table a person reads) in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "logo.csv")
+    path = out / "logo.md"
+    path.write_text(
+        "# Leave one generator out\n\n" + table.drop(columns=["artifact"]).to_markdown(floatfmt=".3f")
+    )
+    return path

@@ -10,12 +10,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, Field, model_validator
 from scipy.optimize import minimize
 
+from genart.config import EnsembleRule
 from genart.models.predict import is_ai, label_for
 
 __all__ = [
@@ -23,7 +24,6 @@ __all__ = [
     "EnsembleMeta",
     "EnsembleSpec",
     "LoadedEnsemble",
-    "Rule",
     "combine",
     "default_threshold",
     "ensemble_defaults",
@@ -37,14 +37,13 @@ __all__ = [
 ]
 
 ENSEMBLE_FILE = "ensemble.json"
-Rule = Literal["mean", "weighted", "vote"]
 
 
 class EnsembleSpec(BaseModel):
     """The contents of ``ensemble.json``."""
 
     members: list[str] = Field(min_length=1)
-    rule: Rule = "mean"
+    rule: EnsembleRule = "mean"
     weights: list[float] | None = None
     member_thresholds: list[float] | None = None
     threshold: float = 0.5
@@ -61,7 +60,7 @@ class EnsembleSpec(BaseModel):
 
 def combine(
     probs: np.ndarray,
-    rule: Rule = "mean",
+    rule: EnsembleRule = "mean",
     weights: list[float] | np.ndarray | None = None,
     member_thresholds: list[float] | np.ndarray | None = None,
 ) -> np.ndarray:

@@ -1,9 +1,10 @@
 """The per-worker training loop run by Ray Train: DDP on CPU or GPU, checkpoints, resume, early stopping.
 
-Each epoch every worker trains on its shard, evaluates its shard of the validation set, and the
-predictions are gathered so that every rank computes the same ROC-AUC (and so takes the same early-stopping
-decision). Rank 0 writes the checkpoint, an artefact directory plus ``train_state.pt``, and logs to
-MLflow; no other rank touches MLflow.
+The loop is a few named steps, each testable without Ray: :class:`Schedule` (linear probe, then fine-tuning,
+learning rates per parameter group), :func:`train_epoch`, :func:`evaluate_batches` (predictions gathered so
+that every rank computes the same ROC-AUC, and so takes the same early-stopping decision), :func:`track_best`,
+:func:`save_checkpoint` and :func:`restore`. Rank 0 prints one line per epoch, writes the checkpoint (an
+artefact directory plus ``train_state.pt``) and logs to MLflow; no other rank touches MLflow.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +23,25 @@ import numpy as np
 import torch
 from torch import nn
 
-from genart.config import GenartConfig
+from genart.config import GenartConfig, TrainConfig
 from genart.evaluate.metrics import binary_metrics
 from genart.models.artifact import WEIGHTS_FILE, ArtifactMeta, save_artifact
 from genart.models.predict import ai_probability
 from genart.models.zoo import build_from_config
 
-__all__ = ["STATE_FILE", "lr_factor", "train_loop_per_worker"]
+__all__ = [
+    "STATE_FILE",
+    "Schedule",
+    "build_optimizer",
+    "epoch_line",
+    "evaluate_batches",
+    "lr_factor",
+    "restore",
+    "save_checkpoint",
+    "track_best",
+    "train_epoch",
+    "train_loop_per_worker",
+]
 
 log = logging.getLogger("genart.train")
 STATE_FILE = "train_state.pt"
@@ -49,13 +64,13 @@ def _head_parameter_ids(model: nn.Module) -> set[int]:
     return {id(p) for p in classifier.parameters()}
 
 
-def _optimizer(model: nn.Module, config: GenartConfig) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over two parameter groups, ``backbone`` and ``head``, for :class:`Schedule` to set."""
     head = _head_parameter_ids(model)
     groups = [
         {"params": [p for p in model.parameters() if id(p) not in head], "name": "backbone"},
         {"params": [p for p in model.parameters() if id(p) in head], "name": "head"},
     ]
-    t = config.train
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=0.9, nesterov=True, weight_decay=t.weight_decay)
     return torch.optim.AdamW(groups, lr=t.lr, weight_decay=t.weight_decay)
@@ -79,20 +94,114 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def _evaluate(model: nn.Module, shard, batch_size: int, device: torch.device, amp: bool) -> dict[str, float]:
+_DTYPES = {"image": torch.float32, "target": torch.int64}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The learning rates through a run: a linear probe (head only, backbone BatchNorm frozen) for
+    ``probe_epochs``, then the whole network. Each group warms up and decays by ``schedule``; the backbone's
+    schedule starts when it is unfrozen."""
+
+    lr: float
+    epochs: int
+    steps_per_epoch: int
+    warmup_epochs: int = 0
+    probe_epochs: int = 0
+    schedule: str = "cosine"
+
+    @classmethod
+    def from_config(cls, t: TrainConfig, steps_per_epoch: int) -> Schedule:
+        return cls(t.lr, t.epochs, steps_per_epoch, t.warmup_epochs, t.probe_epochs, t.schedule)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def probing(self, epoch: int) -> bool:
+        return epoch < self.probe_epochs
+
+    def rates(self, epoch: int, step: int) -> dict[str, float]:
+        """The learning rate of each parameter group (``head``, ``backbone``) at ``step`` of ``epoch``."""
+        global_step = epoch * self.steps_per_epoch + step
+        warmup = self.warmup_epochs * self.steps_per_epoch
+        head = self.lr * lr_factor(global_step, self.total_steps, warmup, self.schedule)
+        if self.probing(epoch):
+            return {"head": head, "backbone": 0.0}
+        # A pretrained backbone hit by the full learning rate on its first step can lose what it knew.
+        probe = self.probe_epochs * self.steps_per_epoch
+        backbone = self.lr * lr_factor(global_step - probe, self.total_steps - probe, warmup, self.schedule)
+        return {"head": head, "backbone": backbone}
+
+    def apply(self, optimizer: torch.optim.Optimizer, epoch: int, step: int) -> None:
+        rates = self.rates(epoch, step)
+        for group in optimizer.param_groups:
+            group["lr"] = rates[group["name"]]
+
+    def epoch_lr(self, epoch: int) -> float:
+        """The head's learning rate at the last step of ``epoch``: the ``lr`` reported for it."""
+        return self.rates(epoch, self.steps_per_epoch - 1)["head"]
+
+
+def train_epoch(
+    model: nn.Module,
+    batches: Iterable[dict[str, torch.Tensor]],
+    optimizer: torch.optim.Optimizer,
+    schedule: Schedule,
+    epoch: int,
+    scaler: torch.amp.GradScaler | None = None,
+    amp: bool = False,
+    limit: int | None = None,
+    log_steps: bool = False,
+) -> dict[str, float]:
+    """One pass over ``batches`` (``image``, ``target``) with the schedule's learning rates; in a probe
+    epoch the BatchNorm statistics stay as pretrained. Returns this worker's ``seen``, ``loss_sum`` and
+    ``correct``."""
+    net = getattr(model, "module", model)
+    model.train()
+    if schedule.probing(epoch):
+        for module in net.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+    scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
+    seen, loss_sum, correct = 0, 0.0, 0
+    for step, batch in enumerate(batches):
+        if limit and step >= limit:
+            break
+        schedule.apply(optimizer, epoch, step)
+        images, targets = batch["image"], batch["target"]
+        with _autocast(images.device, amp):
+            logits = model(images)
+            loss = nn.functional.cross_entropy(logits.float(), targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        seen += len(targets)
+        loss_sum += loss.item() * len(targets)
+        correct += (logits.argmax(1) == targets).sum().item()
+        if log_steps and step % 20 == 0:
+            log.info("epoch %d step %d/%d loss %.4f", epoch, step, schedule.steps_per_epoch, loss.item())
+    return {"seen": seen, "loss_sum": loss_sum, "correct": correct}
+
+
+def evaluate_batches(
+    model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], amp: bool = False
+) -> dict[str, float]:
+    """Validation loss, accuracy and ROC-AUC over ``batches``, gathered across ranks so that every rank
+    computes the same figures (and so takes the same early-stopping decision)."""
     model.eval()
     logits_all, targets_all = [], []
     with torch.inference_mode():
-        for batch in shard.iter_torch_batches(batch_size=batch_size, device=device, dtypes=_DTYPES):
-            with _autocast(device, amp):
+        for batch in batches:
+            with _autocast(batch["image"].device, amp):
                 logits = model(batch["image"])
             logits_all.append(logits.float().cpu().numpy())
             targets_all.append(batch["target"].cpu().numpy())
     logits_np = np.concatenate(logits_all) if logits_all else np.zeros((0, 2), np.float32)
     targets_np = np.concatenate(targets_all) if targets_all else np.zeros((0,), np.int64)
     logits_np, targets_np = _gather([logits_np, targets_np])
-    probs = ai_probability(logits_np)
-    metrics = binary_metrics(targets_np != 0, probs)
+    metrics = binary_metrics(targets_np != 0, ai_probability(logits_np))
     loss = nn.functional.cross_entropy(torch.from_numpy(logits_np), torch.from_numpy(targets_np)).item()
     out = {
         "val_loss": loss,
@@ -105,7 +214,47 @@ def _evaluate(model: nn.Module, shard, batch_size: int, device: torch.device, am
     return out
 
 
-_DTYPES = {"image": torch.float32, "target": torch.int64}
+def track_best(state: dict[str, Any], metrics: dict[str, Any]) -> bool:
+    """Record ``metrics``' epoch in ``state``: the best validation AUC (accuracy when AUC is undefined) and
+    the epochs since it improved. Returns True when this epoch is the best so far."""
+    auc = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else metrics["val_acc"]
+    improved = auc > state["best_auc"] + 1e-4
+    if improved:
+        state["best_auc"], state["bad_epochs"] = auc, 0
+    else:
+        state["bad_epochs"] += 1
+    state["epoch"] = metrics["epoch"]
+    metrics["best_val_auc"] = state["best_auc"]
+    return improved
+
+
+def save_checkpoint(
+    directory: str | Path, net: nn.Module, meta: ArtifactMeta, state: dict[str, Any], optimizer
+) -> Path:
+    """An artefact (weights + ``genart.json``) plus ``train_state.pt`` (the loop's state and the
+    optimizer's) in ``directory``: what :func:`restore` reads back."""
+    path = save_artifact(net, meta, directory)
+    torch.save({**state, "optimizer": optimizer.state_dict()}, path / STATE_FILE)
+    return path
+
+
+def restore(directory: str | Path, net: nn.Module) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load a :func:`save_checkpoint` directory into ``net``: returns (the loop's state, the optimizer's)."""
+    from safetensors.torch import load_file
+
+    net.load_state_dict(load_file(str(Path(directory) / WEIGHTS_FILE)))
+    saved = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+    optimizer_state = saved.pop("optimizer")
+    return {**saved, "resumed_from": saved["epoch"]}, optimizer_state
+
+
+def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
+    """The one progress line per epoch a person reads in the terminal."""
+    return (
+        f"epoch {metrics['epoch'] + 1}/{epochs} [{metrics['phase']}] train loss {metrics['train_loss']:.4f} "
+        f"acc {metrics['train_acc']:.3f} | val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.3f} "
+        f"auc {metrics['val_auc']:.4f} | {metrics['train_img_s']:.0f} img/s"
+    )
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -127,131 +276,84 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
 
     net, _ = build_from_config(config.model, num_classes=loop_config.get("num_classes", 2))
     state: dict[str, Any] = {"epoch": -1, "best_auc": -1.0, "bad_epochs": 0, "resumed_from": None}
-    checkpoint = ray.train.get_checkpoint()
     optimizer_state = None
-    if checkpoint is not None:
-        from safetensors.torch import load_file
-
+    if (checkpoint := ray.train.get_checkpoint()) is not None:
         with checkpoint.as_directory() as ckpt_dir:
-            net.load_state_dict(load_file(str(Path(ckpt_dir) / WEIGHTS_FILE)))
-            saved = torch.load(Path(ckpt_dir) / STATE_FILE, map_location="cpu", weights_only=False)
-        optimizer_state = saved.pop("optimizer")
+            saved, optimizer_state = restore(ckpt_dir, net)
         state.update(saved)
-        state["resumed_from"] = saved["epoch"]
         if rank == 0:
             log.warning("resuming from the checkpoint of epoch %d", saved["epoch"])
 
     model = ray.train.torch.prepare_model(net)
-    optimizer = _optimizer(net, config)
+    optimizer = build_optimizer(net, t)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     amp = t.mixed_precision and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported())
-    loss_fn = nn.CrossEntropyLoss()
-
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("val")
     steps_per_epoch = max(1, math.ceil(loop_config["train_rows"] / (t.batch_size * world)))
-    if t.limit_train_batches:
-        steps_per_epoch = min(steps_per_epoch, t.limit_train_batches)
-    total_steps = steps_per_epoch * t.epochs
+    schedule = Schedule.from_config(t, min(steps_per_epoch, t.limit_train_batches or steps_per_epoch))
+    shards = {split: ray.train.get_dataset_shard(split) for split in ("train", "val")}
     mlflow_client = _mlflow_client(loop_config) if rank == 0 else None
     history: list[dict[str, Any]] = list(state.get("history", []))
 
     for epoch in range(state["epoch"] + 1, t.epochs):
-        probing = epoch < t.probe_epochs
-        model.train()
-        if probing:  # linear probe: the backbone's BatchNorm statistics stay as pretrained
-            for module in net.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-        started, seen, loss_sum, correct = time.perf_counter(), 0, 0.0, 0
-        for step, batch in enumerate(
-            train_shard.iter_torch_batches(
-                batch_size=t.batch_size,
-                device=device,
-                dtypes=_DTYPES,
-                local_shuffle_buffer_size=max(256, t.batch_size * 8),
-                local_shuffle_seed=config.data.seed + epoch * world + rank,
-            )
-        ):
-            if t.limit_train_batches and step >= t.limit_train_batches:
-                break
-            global_step = epoch * steps_per_epoch + step
-            warmup = t.warmup_epochs * steps_per_epoch
-            head_factor = lr_factor(global_step, total_steps, warmup, t.schedule)
-            # The backbone's schedule starts when it is unfrozen, warm-up included: a pretrained backbone
-            # hit by the full learning rate on its first step can lose what it knew.
-            probe_steps = t.probe_epochs * steps_per_epoch
-            backbone_factor = lr_factor(
-                global_step - probe_steps, total_steps - probe_steps, warmup, t.schedule
-            )
-            for group in optimizer.param_groups:
-                if group["name"] == "head":
-                    group["lr"] = t.lr * head_factor
-                else:
-                    group["lr"] = 0.0 if probing else t.lr * backbone_factor
-            images, targets = batch["image"], batch["target"]
-            with _autocast(device, amp):
-                logits = model(images)
-                loss = loss_fn(logits.float(), targets)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            seen += len(targets)
-            loss_sum += loss.item() * len(targets)
-            correct += (logits.argmax(1) == targets).sum().item()
-            if rank == 0 and step % 20 == 0:
-                log.info("epoch %d step %d/%d loss %.4f", epoch, step, steps_per_epoch, loss.item())
-        seen_all, loss_all, correct_all = (
-            float(x.sum()) for x in _gather([np.array([seen]), np.array([loss_sum]), np.array([correct])])
-        )
-        elapsed = time.perf_counter() - started
-        metrics: dict[str, Any] = {
-            "epoch": epoch,
-            "phase": "probe" if probing else "finetune",
-            "train_loss": loss_all / max(1.0, seen_all),
-            "train_acc": correct_all / max(1.0, seen_all),
-            "lr": t.lr
-            * lr_factor(
-                (epoch + 1) * steps_per_epoch - 1, total_steps, t.warmup_epochs * steps_per_epoch, t.schedule
-            ),
-            "epoch_s": elapsed,
-            "train_img_s": seen_all / elapsed if elapsed else 0.0,
-            "resumed_from": -1 if state["resumed_from"] is None else state["resumed_from"],
-        }
-        metrics.update(_evaluate(model, val_shard, t.batch_size, device, amp))
-        auc = metrics["val_auc"] if not math.isnan(metrics["val_auc"]) else metrics["val_acc"]
-        if auc > state["best_auc"] + 1e-4:
-            state["best_auc"], state["bad_epochs"] = auc, 0
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        metrics["best_val_auc"] = state["best_auc"]
+        started = time.perf_counter()
+        shuffle = {"local_shuffle_buffer_size": max(256, t.batch_size * 8),
+                   "local_shuffle_seed": config.data.seed + epoch * world + rank}  # fmt: skip
+        batches = _batches(shards["train"], t.batch_size, device, **shuffle)
+        counts = train_epoch(
+            model, batches, optimizer, schedule, epoch, scaler, amp, t.limit_train_batches,
+            log_steps=rank == 0 and t.verbose,
+        )  # fmt: skip
+        metrics = _epoch_metrics(epoch, schedule, counts, time.perf_counter() - started, state)
+        metrics.update(evaluate_batches(model, _batches(shards["val"], t.batch_size, device), amp))
+        track_best(state, metrics)
         history.append(metrics)
         state["history"] = history
-
-        if rank == 0:
-            log.warning(
-                "epoch %d/%d [%s] train loss %.4f acc %.3f | val loss %.4f acc %.3f auc %.4f | %.0f img/s",
-                epoch + 1, t.epochs, metrics["phase"], metrics["train_loss"], metrics["train_acc"],
-                metrics["val_loss"], metrics["val_acc"], metrics["val_auc"], metrics["train_img_s"],
-            )  # fmt: skip
-            if mlflow_client is not None:
-                _log_epoch(mlflow_client, loop_config["mlflow"]["run_id"], metrics, epoch)
-            with tempfile.TemporaryDirectory() as tmp:
-                meta = ArtifactMeta.model_validate({**loop_config["meta"], "metrics": _numeric(metrics)})
-                save_artifact(net, meta, tmp)
-                torch.save({**state, "optimizer": optimizer.state_dict()}, Path(tmp) / STATE_FILE)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
+        _report(metrics, rank, t.epochs, net, loop_config, state, optimizer, mlflow_client)
         if t.early_stop_patience and state["bad_epochs"] >= t.early_stop_patience:
             if rank == 0:
                 log.warning("early stop: validation AUC has not improved for %d epochs", state["bad_epochs"])
             break
     return history
+
+
+def _batches(shard: Any, batch_size: int, device: torch.device, **options: Any) -> Iterable[dict]:
+    """This worker's dataset shard as torch batches on ``device``."""
+    return shard.iter_torch_batches(batch_size=batch_size, device=device, dtypes=_DTYPES, **options)
+
+
+def _epoch_metrics(
+    epoch: int, schedule: Schedule, counts: dict[str, float], elapsed: float, state: dict[str, Any]
+) -> dict[str, Any]:
+    seen, loss, correct = (float(x.sum()) for x in _gather([np.array([counts[k]]) for k in counts]))
+    return {
+        "epoch": epoch,
+        "phase": "probe" if schedule.probing(epoch) else "finetune",
+        "train_loss": loss / max(1.0, seen),
+        "train_acc": correct / max(1.0, seen),
+        "lr": schedule.epoch_lr(epoch),
+        "epoch_s": elapsed,
+        "train_img_s": seen / elapsed if elapsed else 0.0,
+        "resumed_from": -1 if state["resumed_from"] is None else state["resumed_from"],
+    }
+
+
+def _report(metrics, rank, epochs, net, loop_config, state, optimizer, mlflow_client) -> None:
+    """Rank 0 prints the epoch's line, logs it to MLflow and reports it with a checkpoint; other ranks
+    report the metrics alone."""
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    log.warning(epoch_line(metrics, epochs))
+    if mlflow_client is not None:
+        _log_epoch(mlflow_client, loop_config["mlflow"]["run_id"], metrics, metrics["epoch"])
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = ArtifactMeta.model_validate({**loop_config["meta"], "metrics": _numeric(metrics)})
+        save_checkpoint(tmp, net, meta, state, optimizer)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def _numeric(metrics: dict[str, Any]) -> dict[str, float]:

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from genart.config import GenartConfig, Settings
+from genart.config import GenartConfig, Settings, TrainConfig
 from genart.data.index import training_data_summary
 from genart.data.layout import CLASSES
 from genart.data.pipeline import cap_per_generator, make_dataset, select_rows
@@ -35,9 +35,10 @@ from genart.models.artifact import (
     save_artifact,
 )
 from genart.models.zoo import build_from_config, get_entry
+from genart.tracking import named_run, use_experiment
 from genart.train.loop import train_loop_per_worker
 
-__all__ = ["FitResult", "absolute_tracking_uri", "build_trainer", "fit", "init_ray", "model_classes"]
+__all__ = ["FitResult", "build_trainer", "fit", "init_ray", "model_classes"]
 
 log = logging.getLogger("genart.train")
 
@@ -62,14 +63,6 @@ def init_ray(address: str | None = None) -> None:
     ray.init(address=address, log_to_driver=True) if address else ray.init()
 
 
-def absolute_tracking_uri(uri: str) -> str:
-    """Workers run in other directories: make a relative ``sqlite:///file.db`` absolute."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(Path(uri[len(prefix) :]).resolve())
-    return uri
-
-
 def model_classes(config: GenartConfig, manifest: Path) -> list[str]:
     """The model's classes: nature/ai to detect, or nature plus each training generator to attribute."""
     if config.model.task == "detect":
@@ -87,6 +80,46 @@ def _rows(config: GenartConfig, manifest: Path, split: str, classes: list[str] |
     return cap_per_generator(rows, config.data.max_per_generator, config.data.seed)
 
 
+def _artifact_meta(
+    config: GenartConfig, manifest: Path, classes: list[str], train_rows: pd.DataFrame, val_rows: pd.DataFrame
+) -> tuple[ArtifactMeta, Any]:
+    """The metadata every checkpoint of this run carries, and the model's input spec. The model is built
+    here first so that missing pretrained weights fail before any worker starts."""
+    model, spec = build_from_config(config.model)
+    del model
+    entry = get_entry(config.model.name)
+    fingerprint = manifest_fingerprint(
+        pd.concat([train_rows, val_rows]).merge(
+            pd.read_parquet(manifest, columns=["path", "sha256", "split"]), on="path"
+        )
+    )
+    meta = ArtifactMeta(
+        name=config.model.name, timm_id=entry.timm_id, residual=entry.residual, input=spec.to_dict(),
+        data_fingerprint=fingerprint, generators=sorted(train_rows["generator"].unique()),
+        trained_on=training_data_summary(manifest, train_rows), classes=classes,
+        train_config=config.model_dump(mode="json"),
+    )  # fmt: skip
+    return meta, spec
+
+
+def _run_config(t: TrainConfig, run_name: str, callbacks: list | None):
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig
+
+    storage = str(t.storage_path) if "://" in str(t.storage_path) else str(Path(t.storage_path).resolve())
+    return RunConfig(
+        name=run_name,
+        storage_path=storage,
+        checkpoint_config=CheckpointConfig(
+            num_to_keep=t.keep_checkpoints, checkpoint_score_attribute="val_auc", checkpoint_score_order="max"
+        ),
+        failure_config=FailureConfig(max_failures=t.max_failures, controller_failure_limit=3),
+        callbacks=callbacks,
+        # Ray Train's own INFO lines (a TrainingReport per rank and epoch) stay in its log files under the Ray
+        # session's logs/train/ unless asked for: the terminal shows one line per epoch.
+        logging_config=LoggingConfig(log_level="INFO" if t.verbose else "WARNING"),
+    )
+
+
 def build_trainer(
     config: GenartConfig,
     manifest: Path,
@@ -98,32 +131,13 @@ def build_trainer(
 
     ``callbacks`` are Ray Train user callbacks, e.g. Tune's ``TuneReportCallback`` when a trial drives it.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t = config.train
     classes = model_classes(config, manifest)
     train_rows, val_rows = _rows(config, manifest, "train", classes), _rows(config, manifest, "val", classes)
-    model, spec = build_from_config(
-        config.model
-    )  # built here first: missing weights fail before workers start
-    entry = get_entry(config.model.name)
-    meta = ArtifactMeta(
-        name=config.model.name,
-        timm_id=entry.timm_id,
-        residual=entry.residual,
-        input=spec.to_dict(),
-        data_fingerprint=manifest_fingerprint(
-            pd.concat([train_rows, val_rows]).merge(
-                pd.read_parquet(manifest, columns=["path", "sha256", "split"]), on="path"
-            )
-        ),
-        generators=sorted(train_rows["generator"].unique()),
-        trained_on=training_data_summary(manifest, train_rows),
-        classes=classes,
-        train_config=config.model_dump(mode="json"),
-    )
-    del model
+    meta, spec = _artifact_meta(config, manifest, classes, train_rows, val_rows)
     columns = ["image", "target"]
     datasets = {
         "train": make_dataset(train_rows, spec, training=True, augment=config.augment, seed=config.data.seed,
@@ -143,42 +157,14 @@ def build_trainer(
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources
         ),
-        run_config=RunConfig(
-            name=run_name,
-            storage_path=str(Path(t.storage_path).resolve())
-            if "://" not in str(t.storage_path)
-            else str(t.storage_path),
-            checkpoint_config=CheckpointConfig(
-                num_to_keep=t.keep_checkpoints,
-                checkpoint_score_attribute="val_auc",
-                checkpoint_score_order="max",
-            ),
-            failure_config=FailureConfig(max_failures=t.max_failures, controller_failure_limit=3),
-            callbacks=callbacks,
-        ),
+        run_config=_run_config(t, run_name, callbacks),
         datasets=datasets,
     )
 
 
-def _start_mlflow(config: GenartConfig, run_name: str, resume: bool) -> dict[str, str] | None:
-    try:
-        import mlflow
-    except ImportError:  # pragma: no cover - mlflow is a hard dependency; keep training if it breaks
-        return None
-    uri = absolute_tracking_uri(Settings().mlflow_tracking_uri)
-    mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(config.train.experiment)
-    run_id = None
-    if resume:
-        found = mlflow.search_runs(
-            [experiment.experiment_id], filter_string=f"tags.mlflow.runName = '{run_name}'"
-        )
-        run_id = found["run_id"].iloc[0] if len(found) else None
-    if run_id is None:
-        with mlflow.start_run(run_name=run_name) as run:
-            run_id = run.info.run_id
-            mlflow.log_params(_flat_params(config))
-    return {"tracking_uri": uri, "run_id": run_id}
+def _start_mlflow(config: GenartConfig, run_name: str, resume: bool) -> dict[str, str]:
+    uri = use_experiment(config.train.experiment)
+    return {"tracking_uri": uri, "run_id": named_run(run_name, params=_flat_params(config), resume=resume)}
 
 
 def _flat_params(config: GenartConfig) -> dict[str, Any]:

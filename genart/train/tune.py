@@ -17,9 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from genart.config import GenartConfig, Settings
+from genart.config import GenartConfig
 from genart.models.zoo import get_entry
-from genart.train.trainer import absolute_tracking_uri, build_trainer, init_ray
+from genart.tracking import named_run, use_experiment
+from genart.train.trainer import build_trainer, init_ray
 
 __all__ = ["TuneResult", "param_space", "trial_concurrency", "tune_grid"]
 
@@ -74,21 +75,10 @@ def _trial(params: dict[str, Any], context: dict[str, Any]) -> None:
     trial_id = tune.get_context().get_trial_id()
     mlflow_info = None
     if context.get("mlflow"):
-        import mlflow
-
-        mlflow.set_tracking_uri(context["mlflow"]["tracking_uri"])
-        mlflow.set_experiment(config.train.experiment)
-        run_name = f"trial-{trial_id}"
-        found = mlflow.search_runs(filter_string=f"tags.mlflow.runName = '{run_name}'")
-        if len(found):
-            child = found["run_id"].iloc[0]
-        else:
-            tags = {"mlflow.parentRunId": context["mlflow"]["parent_run_id"], "genart.trial": trial_id}
-            with mlflow.start_run(run_name=run_name, tags=tags) as run:
-                mlflow.log_params(
-                    {k: params[k] for k in ("lr", "batch_size", "optimizer", "schedule") if k in params}
-                )
-                child = run.info.run_id
+        use_experiment(config.train.experiment, context["mlflow"]["tracking_uri"])
+        tags = {"mlflow.parentRunId": context["mlflow"]["parent_run_id"], "genart.trial": trial_id}
+        params = {k: params[k] for k in ("lr", "batch_size", "optimizer", "schedule") if k in params}
+        child = named_run(f"trial-{trial_id}", params=params, tags=tags)
         mlflow_info = {"tracking_uri": context["mlflow"]["tracking_uri"], "run_id": child}
     trainer = build_trainer(
         config, Path(context["manifest"]), f"train-{trial_id}", mlflow_info, callbacks=[TuneReportCallback()]
@@ -107,7 +97,6 @@ def tune_grid(
     """Run the grid with ASHA; write ``results.csv`` and ``results.md`` naming the best trial."""
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     manifest = Path(manifest).resolve()
     if not manifest.exists():
@@ -121,21 +110,12 @@ def tune_grid(
         config.model.weights = Path(config.model.weights).resolve()
     concurrency = trial_concurrency(config, ray.cluster_resources())
 
-    parent_id = None
+    parent_id = uri = None
     if track:
-        import mlflow
-
-        uri = absolute_tracking_uri(Settings().mlflow_tracking_uri)
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(config.train.experiment)
-        found = mlflow.search_runs(filter_string=f"tags.mlflow.runName = '{name}'") if resume else []
-        if len(found):
-            parent_id = found["run_id"].iloc[0]
-        else:
-            with mlflow.start_run(run_name=name, tags={"genart.kind": "tune"}) as run:
-                mlflow.log_params({"model.name": config.model.name, "tune.lr": str(config.tune.lr),
-                                   "tune.batch_size": str(config.tune.batch_size)})  # fmt: skip
-                parent_id = run.info.run_id
+        uri = use_experiment(config.train.experiment)
+        params = {"model.name": config.model.name, "tune.lr": str(config.tune.lr),
+                  "tune.batch_size": str(config.tune.batch_size)}  # fmt: skip
+        parent_id = named_run(name, params=params, tags={"genart.kind": "tune"}, resume=resume)
 
     if get_entry(config.model.name).kind == "clip":  # a frozen encoder: one head per grid point, on features
         from genart.train.head import head_trainable
@@ -155,20 +135,37 @@ def tune_grid(
             str(path), trainable=trainable, resume_unfinished=True, resume_errored=True
         )
     else:
-        tuner = tune.Tuner(
-            trainable,
-            param_space=space,
-            tune_config=tune.TuneConfig(
-                metric="val_auc",
-                mode="max",
-                scheduler=ASHAScheduler(
-                    max_t=config.train.epochs, grace_period=min(config.tune.grace_period, config.train.epochs)
-                ),
-                max_concurrent_trials=concurrency,
-            ),
-            run_config=tune.RunConfig(name=name, storage_path=str(storage)),
-        )
-    grid = tuner.fit()
+        tuner = _new_tuner(trainable, space, config, name, storage, concurrency)
+    table, best = _results_table(tuner.fit())
+    out = _write_results(table, best, Path(out) / name, name)
+    if track and parent_id:
+        _log_best(parent_id, best, out)
+    return TuneResult(name=name, table=table, best=best, path=path, mlflow_parent_run_id=parent_id)
+
+
+def _new_tuner(
+    trainable: Any, space: dict[str, Any], config: GenartConfig, name: str, storage: Path, concurrency: int
+):
+    """A Tuner over the grid, with ASHA stopping the weak trials after the grace period."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    t = config.train
+    return tune.Tuner(
+        trainable,
+        param_space=space,
+        tune_config=tune.TuneConfig(
+            metric="val_auc",
+            mode="max",
+            scheduler=ASHAScheduler(max_t=t.epochs, grace_period=min(config.tune.grace_period, t.epochs)),
+            max_concurrent_trials=concurrency,
+        ),
+        run_config=tune.RunConfig(name=name, storage_path=str(storage)),
+    )
+
+
+def _results_table(grid: Any) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One row per trial (its parameters and best validation figures), best first, and the best row."""
     frame = grid.get_dataframe(filter_metric="val_auc", filter_mode="max")
     columns = [c for c in frame.columns if c.startswith("config/") and c.split("/")[-1] in
                ("lr", "batch_size", "optimizer", "schedule", "head_c")]  # fmt: skip
@@ -176,8 +173,10 @@ def tune_grid(
     table = frame[[*columns, *metrics, "trial_id"]].rename(columns=lambda c: c.removeprefix("config/"))
     table = table.sort_values("val_auc", ascending=False).reset_index(drop=True)
     best_row = table.iloc[0].to_dict() if len(table) else {}
-    best = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in best_row.items()}
-    out = Path(out) / name
+    return table, {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in best_row.items()}
+
+
+def _write_results(table: pd.DataFrame, best: dict[str, Any], out: Path, name: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "results.csv", index=False)
     md = [f"# Tuning {name}", "", table.to_markdown(index=False, floatfmt=".4g"), ""]
@@ -185,12 +184,14 @@ def tune_grid(
         chosen = ", ".join(f"{k} {best[k]}" for k in ("lr", "batch_size", "head_c") if k in best)
         md.append(f"**Best trial** {best['trial_id']}: {chosen}, validation ROC-AUC {best['val_auc']:.4f}.")
     (out / "results.md").write_text("\n".join(md))
-    if track and parent_id:
-        import mlflow
+    return out
 
-        with mlflow.start_run(run_id=parent_id):
-            if best:
-                mlflow.log_metrics({"best_val_auc": float(best["val_auc"])})
-                mlflow.log_params({f"best_{k}": best[k] for k in ("lr", "batch_size", "head_c") if k in best})
-            mlflow.log_artifacts(str(out), artifact_path="tune")
-    return TuneResult(name=name, table=table, best=best, path=path, mlflow_parent_run_id=parent_id)
+
+def _log_best(parent_id: str, best: dict[str, Any], out: Path) -> None:
+    import mlflow
+
+    with mlflow.start_run(run_id=parent_id):
+        if best:
+            mlflow.log_metrics({"best_val_auc": float(best["val_auc"])})
+            mlflow.log_params({f"best_{k}": best[k] for k in ("lr", "batch_size", "head_c") if k in best})
+        mlflow.log_artifacts(str(out), artifact_path="tune")
