@@ -135,7 +135,9 @@ def _tiff_ifd0(data: bytes) -> tuple[int, int, int] | None:
         tag, kind, count = struct.unpack(order + entry_fmt, data[start : start + value_at])
         if tag in (256, 257):  # width and height: SHORT or LONG, stored in the entry itself
             fmt = "H" if kind == 3 else "I"
-            fields[tag] = struct.unpack(order + fmt, data[start + value_at : start + value_at + struct.calcsize(fmt)])[0]
+            fields[tag] = struct.unpack(
+                order + fmt, data[start + value_at : start + value_at + struct.calcsize(fmt)]
+            )[0]
         elif tag in (273, 324):  # StripOffsets, TileOffsets
             fields[273] = max(fields.get(273, 0), count)
     return fields.get(256, 0), fields.get(257, 0), fields.get(273, 0)
@@ -158,11 +160,15 @@ def _check_before_open(data: bytes, limits: DecodeLimits) -> None:
                 "max_tiff_blocks", blocks, limits.max_tiff_blocks, "its number of TIFF strips or tiles"
             )
         if width * height > limits.max_pixels:
-            raise ImageBudgetError("max_pixels", width * height, limits.max_pixels, f"image is {width}x{height}: its pixel count")
+            raise ImageBudgetError(
+                "max_pixels", width * height, limits.max_pixels, f"image is {width}x{height}: its pixel count"
+            )
     canvas = _webp_canvas(data)
     if canvas is not None and canvas[0] * canvas[1] > limits.max_pixels:
         width, height = canvas
-        raise ImageBudgetError("max_pixels", width * height, limits.max_pixels, f"image is {width}x{height}: its pixel count")
+        raise ImageBudgetError(
+            "max_pixels", width * height, limits.max_pixels, f"image is {width}x{height}: its pixel count"
+        )
 
 
 def open_image(data: bytes, limits: DecodeLimits | None = None) -> Image.Image:
@@ -377,7 +383,12 @@ def check_budget(
     if header.width < 1 or header.height < 1:
         raise ImageDecodeError("image has no pixels")
     checks: list[tuple[str, Any, Any, str]] = [
-        ("max_pixels", header.pixels, limits.max_pixels, f"image is {header.width}x{header.height}: its pixel count"),
+        (
+            "max_pixels",
+            header.pixels,
+            limits.max_pixels,
+            f"image is {header.width}x{header.height}: its pixel count",
+        ),
         ("max_aspect_ratio", header.aspect_ratio, limits.max_aspect_ratio, "its aspect ratio"),
         ("max_frames", header.frames, limits.max_frames, "its frame count"),
         ("max_bit_depth", header.bit_depth, limits.max_bit_depth, "its bit depth"),
@@ -386,7 +397,9 @@ def check_budget(
     for limit, value, cap, what in checks:
         if value > cap:
             raise ImageBudgetError(limit, value, cap, what)
-    decoded = header if decoded_size is None else replace(header, width=decoded_size[0], height=decoded_size[1])
+    decoded = (
+        header if decoded_size is None else replace(header, width=decoded_size[0], height=decoded_size[1])
+    )
     cost = preprocess_cost(decoded, specs, augmented)
     if cost > limits.max_preprocess_bytes:
         raise ImageBudgetError(

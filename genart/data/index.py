@@ -198,7 +198,9 @@ def describe_file(path: str, root: str) -> dict[str, object]:
             row["width"], row["height"] = header.upright_size
             if image.format == "JPEG":
                 row["jpeg_quality"] = estimate_jpeg_quality(getattr(image, "quantization", None))
-                image.draft("RGB", (64, 64))  # DCT scaling: the full stream is read, at a fraction of the cost
+                image.draft(
+                    "RGB", (64, 64)
+                )  # DCT scaling: the full stream is read, at a fraction of the cost
             check_budget(header, limits, decoded_size=image.size)
             image.load()
             row["dhash"] = _dhash(image)

@@ -87,8 +87,8 @@ def parse_path(relpath: str | PurePath, root_name: str | None = None) -> ParsedP
 
     The label is the nearest parent folder named like a label (``ai``/``nature``, also ``fake``/``real``),
     the split the nearest folder above it named like a split, and the generator the folder above that.
-    When the root itself is a generator folder (``imagenet_glide/train/ai/x.png`` given as ``train/ai/x.png``),
-    pass its name as ``root_name``.
+    When the root itself is a generator folder (``imagenet_glide/train/ai/x.png`` given as
+    ``train/ai/x.png``), pass its name as ``root_name``.
     """
     parts = PurePath(relpath).parts[:-1]
     label_at = _last_index(parts, _LABELS)

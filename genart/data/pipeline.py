@@ -6,6 +6,7 @@ for local evaluation and as the baseline in ``make bench-data``, so the two path
 
 from __future__ import annotations
 
+import itertools
 import logging
 from pathlib import Path
 from typing import Any
@@ -80,7 +81,9 @@ def select_rows(
     index = {name: i for i, name in enumerate(classes)}
     is_ai = out["label"] == LABEL_AI
     out = out[~is_ai | out["generator"].isin(index)].reset_index(drop=True)
-    out["target"] = [index[g] if label == LABEL_AI else 0 for g, label in zip(out["generator"], out["label"], strict=True)]
+    out["target"] = [
+        index[g] if label == LABEL_AI else 0 for g, label in zip(out["generator"], out["label"], strict=True)
+    ]
     out["target"] = out["target"].astype("int64")
     return out
 
@@ -100,8 +103,8 @@ def decode_batch(
 ) -> dict[str, np.ndarray]:
     """Read, decode and transform a batch of manifest rows into ``image`` (N, 3, H, W float32) and labels.
 
-    A file that no longer decodes (changed since it was indexed), or whose header passes the decoding budget, is dropped with a warning, so one bad file
-    cannot kill a multi-hour training run.
+    A file that no longer decodes (changed since it was indexed), or whose header passes the decoding budget,
+    is dropped with a warning, so one bad file cannot kill a multi-hour training run.
     """
     transform = _transform(spec, training, augment)
     specs = [InputSpec.from_dict(spec)]
@@ -136,7 +139,8 @@ def make_dataset(
     """A lazy Ray Dataset streaming decoded batches from ``rows`` (see :func:`select_rows`).
 
     When training, rows are shuffled once with ``seed``, blocks are visited in a new order each epoch, and
-    the train loop adds a local shuffle buffer. Decoding runs in Ray tasks of ``num_cpus`` each, in parallel across the cluster.
+    the train loop adds a local shuffle buffer. Decoding runs in Ray tasks of ``num_cpus`` each, in parallel
+    across the cluster.
     """
     import ray.data
 
@@ -147,7 +151,7 @@ def make_dataset(
     # Split here rather than with override_num_blocks: Ray 2.60 splits with np.array_split, which returns
     # bare arrays for pandas 3 DataFrames and then fails.
     bounds = np.linspace(0, len(table), blocks + 1).astype(int)
-    ds = ray.data.from_pandas([table.iloc[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a])
+    ds = ray.data.from_pandas([table.iloc[a:b] for a, b in itertools.pairwise(bounds) if b > a])
     if training:
         ds = ds.randomize_block_order()  # no seed: each epoch's pass visits the blocks in a new order
     return ds.map_batches(
@@ -174,7 +178,8 @@ class ManifestDataset(Dataset):
         augment: AugmentConfig | None = None,
         degrade: str | None = None,
     ) -> None:
-        """``degrade`` names one of :data:`genart.data.transforms.DEGRADATIONS`, applied before the transform."""
+        """``degrade`` names one of :data:`genart.data.transforms.DEGRADATIONS`, applied before the
+        transform."""
         if degrade is not None and degrade not in DEGRADATIONS:
             raise ValueError(f"unknown degradation {degrade!r}; known: {', '.join(DEGRADATIONS)}")
         self.degrade = DEGRADATIONS[degrade] if degrade else None

@@ -17,7 +17,7 @@ import io
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from PIL import Image, ImageFilter, ImageOps

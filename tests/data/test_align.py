@@ -26,7 +26,12 @@ def test_state_dict_layout_matches_the_upstream_files(weights):
     # the upstream checkpoints index an nn.Sequential: 15 encoder and 20 decoder children
     assert {k.split(".")[0] for k in TAEF2().encoder.state_dict()} == {str(i) for i in range(15)}
     assert {k.split(".")[0] for k in TAEF2().decoder.state_dict()} == {str(i) for i in range(20)} - {
-        "0", "2", "6", "11", "16"}  # Clamp, ReLU and Upsample hold no weights
+        "0",
+        "2",
+        "6",
+        "11",
+        "16",
+    }  # Clamp, ReLU and Upsample hold no weights
     assert TAEF2.from_dir(weights).encoder[14].out_channels == 32
 
 

@@ -86,7 +86,12 @@ def test_index_survives_every_broken_file_kind(tmp_path: Path, write_image, work
     rot = df.filter(like="rotated", axis=0).iloc[0]
     assert (rot.orientation, rot.width, rot.height) == (6, 20, 40)
     modes = df.set_index(df.index.str.rsplit("/", n=1).str[-1])["mode"]
-    assert (modes["cmyk.jpg"], modes["grey.png"], modes["palette.gif"], modes["alpha.png"]) == ("CMYK", "L", "P", "RGBA")
+    assert (modes["cmyk.jpg"], modes["grey.png"], modes["palette.gif"], modes["alpha.png"]) == (
+        "CMYK",
+        "L",
+        "P",
+        "RGBA",
+    )
     assert df.loc["brand_new_generator/val/ai/x.png", "generator"] == "brand_new_generator"
     assert pd.isna(df.loc["loose.png", "label"])
     assert "loose.png" not in set(usable(df.reset_index())["relpath"])

@@ -14,7 +14,9 @@ from genart.data.layout import (
 @pytest.mark.parametrize("split", ["train", "val"])
 @pytest.mark.parametrize("label", ["ai", "nature"])
 def test_parse_path_reads_every_genimage_folder(generator: str, split: str, label: str) -> None:
-    assert parse_path(f"{generator}/{split}/{label}/n01440764_10026.JPEG") == ParsedPath(generator, split, label)
+    assert parse_path(f"{generator}/{split}/{label}/n01440764_10026.JPEG") == ParsedPath(
+        generator, split, label
+    )
 
 
 @pytest.mark.parametrize(
@@ -37,7 +39,9 @@ def test_parse_path_tolerates_real_world_oddities(relpath: str, expected: tuple)
 
 
 def test_parse_path_uses_root_name_when_root_is_a_generator_folder() -> None:
-    assert parse_path("train/ai/x.png", root_name="imagenet_glide") == ParsedPath("imagenet_glide", "train", "ai")
+    assert parse_path("train/ai/x.png", root_name="imagenet_glide") == ParsedPath(
+        "imagenet_glide", "train", "ai"
+    )
     assert not parse_path("train/ai/x.png").complete
 
 

@@ -43,11 +43,15 @@ def test_decode_batch_drops_files_that_no_longer_decode(tmp_path: Path, write_im
 
 
 @pytest.mark.ray
-def test_ray_pipeline_yields_labelled_batches_equal_to_the_torch_dataset(synth_manifest: Path, ray_cluster) -> None:
+def test_ray_pipeline_yields_labelled_batches_equal_to_the_torch_dataset(
+    synth_manifest: Path, ray_cluster
+) -> None:
     rows = select_rows(synth_manifest, "val")
     ds = make_dataset(rows, SPEC, training=False, batch_size=8)
     tensors = ds.select_columns(["image", "target"])
-    batches = list(tensors.iter_torch_batches(batch_size=8, dtypes={"image": torch.float32, "target": torch.int64}))
+    batches = list(
+        tensors.iter_torch_batches(batch_size=8, dtypes={"image": torch.float32, "target": torch.int64})
+    )
     images = torch.cat([b["image"] for b in batches])
     assert images.shape == (len(rows), 3, 32, 32) and images.dtype == torch.float32
     assert set(torch.cat([b["target"] for b in batches]).tolist()) == {0, 1}

@@ -24,7 +24,9 @@ def test_family_source_and_origin_come_from_the_csv(tmp_path):
     assert table.set_index("sha256").loc["s1", "family"] == "flux"
     assert table.set_index("sha256").loc["s2", "family"] == "real"  # photos are one family
     assert table.set_index("sha256").loc["s1", "origin"] == "a/x:grid.jpg"
-    manifest = pd.DataFrame({"sha256": ["s1", "s3"], "generator": ["flux_a", "sdxl_b"], "label": ["ai", "ai"]})
+    manifest = pd.DataFrame(
+        {"sha256": ["s1", "s3"], "generator": ["flux_a", "sdxl_b"], "label": ["ai", "ai"]}
+    )
     joined = attach_provenance(manifest, [csv])
     assert list(joined["family"]) == ["flux", "sdxl_b"]  # unmatched rows fall back to their folder
     assert pd.isna(joined.loc[1, "origin"])
@@ -34,9 +36,10 @@ def test_crops_of_one_picture_stay_in_one_split():
     rows = []
     for picture in range(30):
         for tile in range(4):
-            rows.append({"path": f"/d/{picture}_{tile}.jpg", "relpath": f"{picture}_{tile}.jpg", "dhash": None, "generator": "flux_a", "label": "ai",
-                         "sha256": f"{picture}-{tile}", "origin": f"repo:grid{picture}.jpg",
-                         "readable": True, "split": "train"})  # fmt: skip
+            rows.append({"path": f"/d/{picture}_{tile}.jpg", "relpath": f"{picture}_{tile}.jpg",
+                         "dhash": None, "generator": "flux_a", "label": "ai", "sha256": f"{picture}-{tile}",
+                         "origin": f"repo:grid{picture}.jpg", "readable": True,
+                         "split": "train"})  # fmt: skip
     result = assign_splits(pd.DataFrame(rows))
     per_origin = result.manifest.groupby("origin")["split"].nunique()
     assert (per_origin == 1).all()

@@ -16,7 +16,13 @@ def test_report_warns_when_format_predicts_the_label(tiny_tree: Path, tmp_path: 
     assert {p.name for p in result.plots} == {"counts.png", "sizes.png", "shortcuts.png"}
     assert all(p.stat().st_size > 5000 for p in result.plots)
     assert any(w.startswith("format alone predicts the label in the pooled data") for w in result.warnings)
-    for heading in ("## Counts", "## Image sizes", "## Formats and the label", "## Unreadable", "## Duplicates"):
+    for heading in (
+        "## Counts",
+        "## Image sizes",
+        "## Formats and the label",
+        "## Unreadable",
+        "## Duplicates",
+    ):
         assert heading in text
     assert "sha256 in more than one split: 0" in text
 

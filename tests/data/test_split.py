@@ -26,7 +26,13 @@ def manifest(sizes: dict[tuple[str, str], int], source_split: str = "train") -> 
     return pd.DataFrame(rows)
 
 
-SIZES = {("glide", "ai"): 101, ("glide", "nature"): 57, ("adm", "ai"): 20, ("adm", "nature"): 7, ("mj", "ai"): 1}
+SIZES = {
+    ("glide", "ai"): 101,
+    ("glide", "nature"): 57,
+    ("adm", "ai"): 20,
+    ("adm", "nature"): 7,
+    ("mj", "ai"): 1,
+}
 
 
 def test_split_keeps_generator_and_label_proportions_within_one() -> None:

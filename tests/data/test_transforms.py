@@ -17,14 +17,20 @@ from genart.data.transforms import (
 )
 from tests.conftest import image_bytes, png_bomb
 
-SPECS = [InputSpec(64, crop_policy="crop"), InputSpec(64, crop_policy="resize", mean=(0.5,) * 3, std=(0.5,) * 3)]
+SPECS = [
+    InputSpec(64, crop_policy="crop"),
+    InputSpec(64, crop_policy="resize", mean=(0.5,) * 3, std=(0.5,) * 3),
+]
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.crop_policy)
 @pytest.mark.parametrize("size", [(32, 20), (64, 64), (300, 151)])
 def test_transforms_give_normalised_float_tensors_of_the_input_size(spec: InputSpec, size) -> None:
     image = decode_image(image_bytes(size))
-    for transform in (eval_transform(spec), train_transform(spec, AugmentConfig(jpeg_p=1, rescale_p=1, blur_p=1))):
+    for transform in (
+        eval_transform(spec),
+        train_transform(spec, AugmentConfig(jpeg_p=1, rescale_p=1, blur_p=1)),
+    ):
         out = transform(image)
         assert out.shape == (3, 64, 64) and out.dtype == torch.float32
         assert torch.isfinite(out).all()
