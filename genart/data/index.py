@@ -35,11 +35,11 @@ __all__ = [
     "describe_file",
     "estimate_jpeg_quality",
     "index_roots",
-    "training_data_summary",
     "index_tree",
     "process_pool",
     "read_manifest",
     "sniff_format",
+    "training_data_summary",
     "usable",
     "write_manifest",
 ]
