@@ -224,26 +224,26 @@ wild-data: $(VENV)/.installed $(WILD_IMAGES)/.materialized ## wild-train + real-
 	$(GENART) data index $(REAL_SAMPLE) --out $(WILD)/sample.parquet
 	$(GENART) data report $(WILD)/train.split.parquet --out reports/wild/data --config jobs/configs/wild-clip.yaml
 
-wild-align: $(VENV)/.installed ## TAEF2 reconstructions of a fifth of each source's photos, as the taef2 family
+wild-align: $(VENV)/.installed ## TAEF2 reconstructions of a fifth of each source's photos (the taef2 family), for the comparison
 	$(GENART) data align $(WILD)/train.split.parquet --out $(WILD)/aligned --weights $(TAEF2) \
 		--manifest-out $(WILD)/train.aligned.parquet
 
-wild-train: $(VENV)/.installed weights ## clip_b16 with and without the aligned fakes, lite0, residual, the weighted ensemble
+wild-train: $(VENV)/.installed weights ## clip_b16 (and its variant with the aligned fakes), lite0, residual, the weighted ensemble
 	@$(GENART) serve down > /dev/null 2>&1 || true
-	$(GENART) train --config jobs/configs/wild-clip.yaml --data $(WILD)/train.aligned.parquet --name wild-clip
-	$(GENART) train --config jobs/configs/wild-clip.yaml --data $(WILD)/train.split.parquet --name wild-clip-noalign
-	$(GENART) train --config jobs/configs/wild-lite0.yaml --data $(WILD)/train.aligned.parquet --name wild-lite0
-	$(GENART) train --config jobs/configs/wild-residual.yaml --data $(WILD)/train.aligned.parquet --name wild-residual
+	$(GENART) train --config jobs/configs/wild-clip.yaml --data $(WILD)/train.split.parquet --name wild-clip
+	$(GENART) train --config jobs/configs/wild-clip.yaml --data $(WILD)/train.aligned.parquet --name wild-clip-aligned
+	$(GENART) train --config jobs/configs/wild-lite0.yaml --data $(WILD)/train.split.parquet --name wild-lite0
+	$(GENART) train --config jobs/configs/wild-residual.yaml --data $(WILD)/train.split.parquet --name wild-residual
 	$(GENART) ensemble --members artifacts/wild-clip artifacts/wild-lite0 artifacts/wild-residual --rule weighted \
-		--data $(WILD)/train.aligned.parquet --out artifacts/wild-ensemble
+		--data $(WILD)/train.split.parquet --out artifacts/wild-ensemble
 
 wild-eval: $(VENV)/.installed ## LOSO with and without aligned fakes, every model on test and real-sample, both baselines, the card
-	$(GENART) evaluate --protocol loso --config jobs/configs/wild-clip.yaml --data $(WILD)/train.aligned.parquet \
-		--out reports/wild/loso/clip
 	$(GENART) evaluate --protocol loso --config jobs/configs/wild-clip.yaml --data $(WILD)/train.split.parquet \
-		--out reports/wild/loso/clip-noalign
-	for m in wild-clip wild-clip-noalign wild-lite0 wild-residual wild-ensemble; do \
-		$(GENART) evaluate artifacts/$$m --data $(WILD)/train.aligned.parquet --out $(WILD_EVAL)/$$m-test || exit 1; \
+		--out reports/wild/loso/clip
+	$(GENART) evaluate --protocol loso --config jobs/configs/wild-clip.yaml --data $(WILD)/train.aligned.parquet \
+		--out reports/wild/loso/clip-aligned
+	for m in wild-clip wild-clip-aligned wild-lite0 wild-residual wild-ensemble; do \
+		$(GENART) evaluate artifacts/$$m --data $(WILD)/train.split.parquet --out $(WILD_EVAL)/$$m-test || exit 1; \
 		$(GENART) evaluate artifacts/$$m --data $(WILD)/sample.parquet --out $(WILD_EVAL)/$$m-sample || exit 1; \
 	done
 	for b in metadata content; do \
