@@ -150,6 +150,21 @@ def untrained_artifact(root: Path, name: str, zoo: str, seed: int, threshold: fl
     return save_artifact(model, info, root / name)
 
 
+def _coverage_env() -> dict[str, str]:
+    """Under coverage, the Serve replicas measure too: coverage's ``.pth`` hook starts it in each replica from
+    ``COVERAGE_PROCESS_START``, and each writes a parallel data file beside the suite's for pytest-cov to
+    combine (see ``[tool.coverage.run]`` in pyproject.toml)."""
+    import coverage
+
+    current = coverage.Coverage.current()
+    if current is None:
+        return {}
+    return {
+        "COVERAGE_PROCESS_START": str(Path(__file__).resolve().parent.parent / "pyproject.toml"),
+        "COVERAGE_FILE": os.path.abspath(current.config.data_file),
+    }
+
+
 def live_serve_config(
     port: int, env: dict[str, str], artifacts: dict[str, Path], timeout_s: float, **args: Any
 ) -> dict[str, Any]:
@@ -157,6 +172,7 @@ def live_serve_config(
     serving a ``detector`` and an ``attributor`` (``artifacts``), ``env`` in its runtime environment, ``args``
     (limits, URL allow-list) for ``build_app``, and small CPU and memory shares so that it fits beside the
     tests."""
+    env = {**env, **_coverage_env()}
     small = {"ray_actor_options": {"num_cpus": 0.1}}
     capped = {"ray_actor_options": {"num_cpus": 0.1, "memory": 1536 * 2**20}}  # under the 2-3 GiB defaults
     return {

@@ -211,3 +211,27 @@ def test_the_fuzz_json_is_preferred_to_the_markdown(tmp_path: Path) -> None:
         fuzz[0]["value"]
         == "812 schema-generated requests (50 positive + 50 negative per operation); 5xx or no answer: 0"
     )
+
+
+def test_the_ingress_kill_gets_its_own_row_and_the_budget_bench_its_figure(tmp_path: Path) -> None:
+    _fabricate(tmp_path)
+    chaos = json.loads((tmp_path / "chaos.json").read_text())
+    chaos["scenarios"].append({
+        "scenario": "ingress SIGKILLed during a 20 s PostgreSQL outage",
+        "survived": True,
+        "fault_s": 23.4,
+        "detail": {"buffered_before_kill": 155, "buffered_after_replacement": 155},
+        "during": step_summary(_events((0, 200), (1, 500)), 2.0),
+        "recovery_s": 18.2,
+        "stored": lost_predictions(325, 325, 0),
+    })  # fmt: skip
+    (tmp_path / "chaos.json").write_text(json.dumps(chaos))
+    (tmp_path / "bench" / "budget.json").write_text(
+        json.dumps({"machine": _machine(), "max_budgeted_peak_mb": 321.4, "cases": []})
+    )
+    rows = {r["what"]: r for r in collect(tmp_path)}
+    kill = rows["ingress SIGKILLed during a 20 s PostgreSQL outage"]
+    assert kill["value"] == "rows 325 / 200s 325, lost 0 (155 replayed from the killed replica's spool)"
+    assert kill["lost"] is None  # already counted in the chaos row
+    assert rows["benchmark: budget"]["value"].startswith("hostile headers: largest preprocessing peak 321 MB")
+    assert "**2** (goal 0)" in markdown(list(rows.values()))
