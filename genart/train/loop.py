@@ -31,11 +31,13 @@ from genart.models.zoo import build_from_config
 
 __all__ = [
     "STATE_FILE",
+    "QuietReports",
     "Schedule",
     "build_optimizer",
     "epoch_line",
     "evaluate_batches",
     "lr_factor",
+    "quiet_reports",
     "restore",
     "save_checkpoint",
     "track_best",
@@ -248,6 +250,27 @@ def restore(directory: str | Path, net: nn.Module) -> tuple[dict[str, Any], dict
     return {**saved, "resumed_from": saved["epoch"]}, optimizer_state
 
 
+class QuietReports(logging.Filter):
+    """Drops Ray Train's INFO line for every report (``Reporting training result N: TrainingReport(...)``).
+
+    Ray Train logs it under a logger named by its source file, outside ``ray.train``, so the level in
+    ``RunConfig(logging_config=...)`` does not reach it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.getMessage().startswith(
+            "Reporting training result"
+        )
+
+
+def quiet_reports(logger: logging.Logger | None = None) -> None:
+    """Keep Ray Train's per-report lines off the console handlers of ``logger`` (the root logger): the
+    worker's log files under the Ray session's ``logs/`` still have them."""
+    for handler in (logger or logging.getLogger()).handlers:
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if console and not any(isinstance(f, QuietReports) for f in handler.filters):
+            handler.addFilter(QuietReports())
+
+
 def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
     """The one progress line per epoch a person reads in the terminal."""
     return (
@@ -259,14 +282,14 @@ def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     """Ray Train entry point. ``loop_config`` holds the JSON-dumped :class:`GenartConfig` and run details.
-
-    Returns the per-epoch metrics of this attempt (rank 0's become ``Result.return_value``).
-    """
+    Returns the per-epoch metrics of this attempt (rank 0's become ``Result.return_value``)."""
     import ray.train
     import ray.train.torch
 
     config = GenartConfig.model_validate(loop_config["config"])
     t = config.train
+    if not t.verbose:
+        quiet_reports()
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()

@@ -16,6 +16,7 @@ from genart.train.loop import (
     epoch_line,
     evaluate_batches,
     lr_factor,
+    quiet_reports,
     restore,
     save_checkpoint,
     track_best,
@@ -123,3 +124,24 @@ def test_one_line_per_epoch_says_the_figures_a_person_reads() -> None:
                        "val_acc": 0.8, "val_auc": 0.9, "train_img_s": 12.3}, epochs=3)  # fmt: skip
     assert line == ("epoch 1/3 [probe] train loss 0.5000 acc 0.750 | val loss 0.4000 acc 0.800 auc 0.9000 | "
                     "12 img/s")  # fmt: skip
+
+
+def test_ray_trains_per_report_lines_stay_off_the_console_but_warnings_and_epoch_lines_do_not() -> None:
+    import io
+    import logging
+
+    stream = io.StringIO()
+    logger = logging.getLogger("genart.test.quiet")
+    logger.propagate = False
+    logger.addHandler(logging.StreamHandler(stream))
+    logger.setLevel(logging.INFO)
+    quiet_reports(logger)
+    quiet_reports(logger)  # idempotent: one filter per handler
+    assert len(logger.handlers[0].filters) == 1
+    logger.info("Reporting training result 1: TrainingReport(checkpoint=None, metrics={'epoch': 0})")
+    logger.warning("epoch 1/6 [probe] train loss 0.6337")
+    logger.warning("Reporting training result 2: something went wrong")
+    assert stream.getvalue().splitlines() == [
+        "epoch 1/6 [probe] train loss 0.6337",
+        "Reporting training result 2: something went wrong",
+    ]
