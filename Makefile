@@ -239,9 +239,9 @@ wild-train: $(VENV)/.installed weights ## clip_b16 (and its variant with the ali
 
 wild-eval: $(VENV)/.installed ## LOSO with and without aligned fakes, every model on test and real-sample, both baselines, the card
 	$(GENART) evaluate --protocol loso --config jobs/configs/wild-clip.yaml --data $(WILD)/train.split.parquet \
-		--out reports/wild/loso/clip
+		--out reports/wild/loso/clip --record-in artifacts/wild-clip
 	$(GENART) evaluate --protocol loso --config jobs/configs/wild-clip.yaml --data $(WILD)/train.aligned.parquet \
-		--out reports/wild/loso/clip-aligned
+		--out reports/wild/loso/clip-aligned --record-in artifacts/wild-clip-aligned
 	for m in wild-clip wild-clip-aligned wild-lite0 wild-residual wild-ensemble; do \
 		$(GENART) evaluate artifacts/$$m --data $(WILD)/train.split.parquet --out $(WILD_EVAL)/$$m-test || exit 1; \
 		$(GENART) evaluate artifacts/$$m --data $(WILD)/sample.parquet --out $(WILD_EVAL)/$$m-sample || exit 1; \

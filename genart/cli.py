@@ -411,6 +411,12 @@ def evaluate_cmd(
         Path | None, typer.Option(help="report folder (default: reports/eval/<name>-<split>)")
     ] = None,
     workers: Annotated[int, typer.Option(help="DataLoader worker processes")] = 0,
+    record_in: Annotated[
+        Path | None,
+        typer.Option(
+            help="--protocol loso: write its summary into this artefact's metrics (compare ranks by it)"
+        ),
+    ] = None,
 ) -> None:
     """Evaluate an artefact per generator, with robustness columns, a confusion matrix and a ROC curve.
 
@@ -421,7 +427,7 @@ def evaluate_cmd(
         _logo(config, overrides, data, out)
         return
     if protocol == "loso":
-        _loso(config, overrides, data, out)
+        _loso(config, overrides, data, out, record_in)
         return
     if protocol != "standard":
         _fail(f"unknown protocol {protocol!r}: use 'standard', 'logo' or 'loso'")
@@ -653,7 +659,9 @@ def card_cmd(
     typer.echo(f"card: {path}")
 
 
-def _loso(config: Path | None, overrides: list[str] | None, data: Path, out: Path | None) -> None:
+def _loso(
+    config: Path | None, overrides: list[str] | None, data: Path, out: Path | None, record_in: Path | None
+) -> None:
     from genart.evaluate.loso import loso_frozen, write_loso
     from genart.models.clip import EncoderUnavailable
     from genart.models.zoo import get_entry
@@ -672,6 +680,10 @@ def _loso(config: Path | None, overrides: list[str] | None, data: Path, out: Pat
     report = write_loso(result, out, title=f"{cfg.model.name}: leave one source out ({data.name})")
     typer.echo(result.table.to_string(float_format=lambda v: f"{v:.3f}"))
     summary = result.summary()
+    if record_in is not None:
+        from genart.models.artifact import record_metrics
+
+        record_metrics(record_in, {**summary, "loso_data": data.name})
     typer.echo(f"\nmean ROC-AUC {summary['loso_mean_auc']:.3f}, lowest {summary['loso_min_auc']:.3f} "
                f"({summary['loso_min_group']}); report: {report}")  # fmt: skip
 

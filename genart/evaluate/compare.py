@@ -71,6 +71,8 @@ def compare(
     records = {}
     for name, model, result in zip(names, loaded, results, strict=True):
         record = {k: result.overall[k] for k in ("accuracy", "precision", "recall", "f1", "roc_auc")}
+        if "loso_mean_auc" in model.meta.metrics:  # recorded by `genart evaluate --protocol loso --record-in`
+            record["loso_mean_auc"] = float(model.meta.metrics["loso_mean_auc"])
         for condition in robustness:
             record[f"acc_{condition}"] = result.robustness.loc["all", condition]
         if speed:
@@ -139,9 +141,20 @@ def compare(
 
 def _decision(metrics: pd.DataFrame, names: list[str], speed: bool) -> list[str]:
     singles = metrics.loc[names]
-    best = singles["roc_auc"].fillna(0).idxmax()
+    # Held-out sources judge a detector; the in-source split only when no model has a LOSO figure.
+    by = (
+        "loso_mean_auc"
+        if "loso_mean_auc" in singles and singles["loso_mean_auc"].notna().any()
+        else "roc_auc"
+    )
+    best = singles[by].fillna(0).idxmax()
+    judged = (
+        f"LOSO mean ROC-AUC {singles.loc[best, by]:.3f} (held-out sources), in-source "
+        if by == "loso_mean_auc"
+        else ""
+    )
     lines = [
-        f"Best single model: **{best}**, ROC-AUC {singles.loc[best, 'roc_auc']:.3f}, accuracy "
+        f"Best single model: **{best}**, {judged}ROC-AUC {singles.loc[best, 'roc_auc']:.3f}, accuracy "
         f"{singles.loc[best, 'accuracy']:.3f}"
         + (f", {singles.loc[best, 'ms_b1']:.1f} ms per image at batch 1." if speed else ".")
     ]

@@ -37,6 +37,7 @@ __all__ = [
     "load_artifact",
     "manifest_fingerprint",
     "read_meta",
+    "record_metrics",
     "resolve_uri",
     "save_artifact",
 ]
@@ -135,6 +136,14 @@ def resolve_uri(path_or_uri: str | Path) -> Path:
     if not (local / META_FILE).exists():
         raise FileNotFoundError(f"no genart artefact at {text}: expected {local / META_FILE}")
     return local
+
+
+def record_metrics(path: str | Path, metrics: dict[str, Any]) -> ArtifactMeta:
+    """Add ``metrics`` to a local artefact's ``genart.json`` (e.g. a protocol's summary); returns the meta."""
+    meta = read_meta(path)
+    meta.metrics = {**meta.metrics, **metrics}
+    (Path(path) / META_FILE).write_text(meta.model_dump_json(indent=2))
+    return meta
 
 
 def read_meta(path_or_uri: str | Path) -> ArtifactMeta:

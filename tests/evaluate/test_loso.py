@@ -63,3 +63,29 @@ def test_a_group_the_others_cannot_explain_scores_low():
     )
     assert result.table.loc["nature/scenes", "roc_auc"] < 0.5
     assert result.table.loc["nature/scenes", "flagged_ai"] > 0.5
+
+
+def test_compare_ranks_by_held_out_sources_when_a_loso_figure_is_recorded(tmp_path):
+    from genart.evaluate.compare import _decision
+    from genart.models.artifact import ArtifactMeta, read_meta, record_metrics, save_artifact
+    from genart.models.zoo import build_model, get_entry
+
+    model, spec = build_model("tiny", pretrained=False)
+    meta = ArtifactMeta(
+        name="tiny", timm_id=get_entry("tiny").timm_id, input=spec.to_dict(), metrics={"test_roc_auc": 0.9}
+    )
+    path = save_artifact(model, meta, tmp_path / "a")
+    record_metrics(path, {"loso_mean_auc": 0.81, "loso_min_group": "ai/sd2"})
+    assert read_meta(path).metrics == {"test_roc_auc": 0.9, "loso_mean_auc": 0.81, "loso_min_group": "ai/sd2"}
+    metrics = pd.DataFrame(
+        {
+            "accuracy": [0.99, 0.80, 0.95],
+            "roc_auc": [0.999, 0.85, 0.99],
+            "loso_mean_auc": [0.70, 0.88, np.nan],
+        },
+        index=["in_source_star", "transfers", "ensemble(mean)"],
+    )
+    lines = _decision(metrics, ["in_source_star", "transfers"], speed=False)
+    assert lines[0].startswith("Best single model: **transfers**, LOSO mean ROC-AUC 0.880")
+    without = _decision(metrics.drop(columns="loso_mean_auc"), ["in_source_star", "transfers"], speed=False)
+    assert without[0].startswith("Best single model: **in_source_star**, ROC-AUC 0.999")
