@@ -107,9 +107,10 @@ def memory_cap(default: int) -> int:
     """The memory this replica declared in ``ray_actor_options``, or ``default`` where it declared none."""
     import ray
 
-    declared = (
-        ray.get_runtime_context().get_assigned_resources().get("memory") if ray.is_initialized() else None
-    )
+    context = ray.get_runtime_context() if ray.is_initialized() else None
+    # Only a worker (a replica) has assigned resources; a driver (a script, the test process) asks in vain.
+    is_worker = context is not None and context.worker.mode == ray.WORKER_MODE
+    declared = context.get_assigned_resources().get("memory") if is_worker else None
     return int(declared) if declared else default
 
 

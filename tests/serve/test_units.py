@@ -224,3 +224,12 @@ def test_deadline_middleware_answers_json_504_past_the_deadline_and_503_when_ful
             assert client.get("/health").status_code == 200  # probes are never refused
             client.portal.call(gate.set)
             assert first.result().json() == {"waited": True}
+
+
+@pytest.mark.ray
+def test_memory_cap_falls_back_to_the_default_in_a_driver(ray_cluster) -> None:
+    # Only a replica has assigned resources; asking from a driver (this process, with Ray up) must not fail.
+    from genart.serve.deployments import memory_cap
+
+    assert memory_cap(12345) == 12345
+    test_preprocessor_reports_unhealthy_past_its_memory_cap()
