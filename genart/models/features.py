@@ -162,11 +162,17 @@ class FeatureCache:
 
     def compute(self, rows: pd.DataFrame, view: str, concurrency: int | None = None) -> int:
         """Encode the rows (``path``, ``sha256``) missing from the cache with Ray Data; returns how many."""
+        return self._encode(self._missing(rows, self.load(view)), view, concurrency)
+
+    @staticmethod
+    def _missing(rows: pd.DataFrame, have: dict[str, np.ndarray]) -> pd.DataFrame:
+        todo = rows.drop_duplicates("sha256")
+        return todo[~todo["sha256"].isin(have)][["path", "sha256"]].reset_index(drop=True)
+
+    def _encode(self, todo: pd.DataFrame, view: str, concurrency: int | None = None) -> int:
+        """Encode ``todo`` (``path``, ``sha256``, none cached) and write it to the cache; returns how many."""
         import ray
 
-        have = self.load(view)
-        todo = rows.drop_duplicates("sha256")
-        todo = todo[~todo["sha256"].isin(have)][["path", "sha256"]].reset_index(drop=True)
         if todo.empty:
             return 0
         if len(todo) <= self.local_below:  # a few images: not worth starting actors
@@ -198,9 +204,9 @@ class FeatureCache:
 
     def matrix(self, rows: pd.DataFrame, view: str, compute: bool = True) -> np.ndarray:
         """Features aligned with ``rows`` (by ``sha256``); missing ones computed first unless told not to."""
-        if compute:
-            self.compute(rows, view)
         have = self.load(view)
+        if compute and self._encode(self._missing(rows, have), view):
+            have = self.load(view)  # read the cache once more only when something was added to it
         missing = [s for s in rows["sha256"] if s not in have]
         if missing:
             raise KeyError(
