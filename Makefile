@@ -37,6 +37,7 @@ install: $(VENV)/.installed system-packages ## create .venv, install genart with
 # The system packages the tests and wild-train need, as "Debian package:a command it installs": Chromium for the
 # browser tests, PostgreSQL's server binaries for the db tests' throwaway server, jpegtran for wild-train.
 # Missing ones are installed with apt-get as root or with sudo; otherwise the one command to run is printed.
+# apt-get waits (up to 10 min) for another package manager run to finish instead of failing on its lock.
 SYSTEM_PACKAGES ?= chromium:chromium postgresql:initdb libjpeg-turbo-progs:jpegtran
 
 system-packages: ## install the missing system packages (Chromium, PostgreSQL server, jpegtran) with apt-get
@@ -53,7 +54,8 @@ system-packages: ## install the missing system packages (Chromium, PostgreSQL se
 	elif sudo -n true 2> /dev/null; then sudo="sudo"; \
 	else echo "make install: the tests need$$missing; run: sudo apt-get update && sudo $$install"; exit 0; fi; \
 	echo "make install: installing$$missing with apt-get"; \
-	$$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive $$install -qq > /dev/null
+	$$sudo apt-get -o DPkg::Lock::Timeout=600 update -qq && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive $$install -o DPkg::Lock::Timeout=600 -qq > /dev/null
 
 # TFLite export needs litert-torch, its interpreter and quantizer (jax, transformers, ...): a venv of its own
 # keeps `make install` as fast as it is. `genart export --format tflite` runs from it.

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 from genart.config import AugmentConfig
 from genart.data.index import read_manifest, usable
 from genart.data.layout import LABEL_AI, label_to_target
+from genart.data.provenance import PROVENANCE_COLUMNS
 from genart.data.transforms import (
     DEGRADATIONS,
     ImageDecodeError,
@@ -29,6 +30,9 @@ from genart.data.transforms import (
 )
 
 __all__ = ["ManifestDataset", "cap_per_generator", "decode_batch", "make_dataset", "select_rows"]
+
+# What a selected row carries from the manifest besides path, label and generator, where the manifest has it.
+ROW_PROVENANCE = ("sha256", *PROVENANCE_COLUMNS)
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +57,9 @@ def select_rows(
 ) -> pd.DataFrame:
     """Usable rows of one split (``None``: all), optionally restricted to some generators.
 
-    Returns ``path``, ``target``, ``label`` and ``generator``, in manifest order. ``target`` is 0 for nature
+    Returns ``path``, ``target``, ``label`` and ``generator``, in manifest order, with the manifest's
+    ``sha256`` and provenance (``family``, ``source``, ``origin``) where it has them, so feature caches and
+    per-source reports need not read the files or the manifest again. ``target`` is 0 for nature
     and 1 for ai; for an attribution model, pass its ``classes`` (``["nature", generator, ...]``) and the
     target of an AI image is its generator's index, AI images of other generators being left out.
     """
@@ -74,7 +80,7 @@ def select_rows(
         rows = rows[rows["generator"].isin(generators)]
     if exclude_generators:
         rows = rows[~rows["generator"].isin(exclude_generators)]
-    out = rows[["path", "label", "generator"]].reset_index(drop=True)
+    out = rows[["path", "label", "generator", *(c for c in ROW_PROVENANCE if c in rows)]].reset_index(drop=True)
     if classes is None or len(classes) <= 2:
         out["target"] = out["label"].map(label_to_target).astype("int64")
         return out

@@ -27,9 +27,7 @@ __all__ = [
     "fit_frozen",
     "fit_head",
     "frozen_detector",
-    "manifest_rows",
     "training_matrix",
-    "with_sha256",
 ]
 
 log = logging.getLogger(__name__)
@@ -61,23 +59,11 @@ def fit_head(features: np.ndarray, targets: np.ndarray, num_classes: int, c: flo
     return head
 
 
-def with_sha256(rows: pd.DataFrame, manifest: str | Path | pd.DataFrame) -> pd.DataFrame:
-    """``rows`` (from :func:`select_rows`) with each file's sha256 from the manifest."""
-    table = (
-        pd.read_parquet(manifest, columns=["path", "sha256"])
-        if not isinstance(manifest, pd.DataFrame)
-        else manifest
-    )
-    return rows.merge(table[["path", "sha256"]].drop_duplicates("path"), on="path", how="left")
-
-
 def split_rows(config: GenartConfig, manifest: str | Path, classes: list[str] | None = None) -> dict:
     """Train (capped by ``data.max_per_generator``) and val rows, with their sha256."""
     data = config.data
     rows = {
-        split: with_sha256(
-            select_rows(manifest, split, data.generators, data.exclude_generators, classes), manifest
-        )
+        split: select_rows(manifest, split, data.generators, data.exclude_generators, classes)
         for split in ("train", "val")
     }
     rows["train"] = cap_per_generator(rows["train"], data.max_per_generator, data.seed)
@@ -150,17 +136,6 @@ def fit_frozen(
         loaded, config, manifest, Path(out) / (artifact_name or run_name), run_name, None, pd.DataFrame(),
         evaluate_test=evaluate_test, workers=workers,
     )  # fmt: skip
-
-
-def manifest_rows(manifest: str | Path, split: str | None, config: GenartConfig) -> pd.DataFrame:
-    """Binary rows of ``split`` with sha256 and provenance (``family``, ``source``) from the manifest."""
-    rows = select_rows(manifest, split, config.data.generators, config.data.exclude_generators)
-    columns = [
-        c for c in ("path", "sha256", "family", "source", "origin") if c in pd.read_parquet(manifest).columns
-    ]
-    return rows.merge(
-        pd.read_parquet(manifest, columns=columns).drop_duplicates("path"), on="path", how="left"
-    )
 
 
 def head_trainable(config: GenartConfig, manifest: str | Path):

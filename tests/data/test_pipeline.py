@@ -12,7 +12,7 @@ SPEC = InputSpec(32, mean=(0.5,) * 3, std=(0.5,) * 3, crop_policy="crop")
 
 def test_select_rows_filters_split_and_generators(synth_manifest: Path) -> None:
     train = select_rows(synth_manifest, "train")
-    assert set(train.columns) == {"path", "label", "generator", "target"}
+    assert set(train.columns) == {"path", "label", "generator", "target", "sha256"}  # sha256 from the manifest
     assert set(train["target"]) == {0, 1} and (train["target"] == (train["label"] == "ai")).all()
     only = select_rows(synth_manifest, "train", generators=["imagenet_glide"])
     assert set(only["generator"]) == {"imagenet_glide"}
@@ -20,6 +20,18 @@ def test_select_rows_filters_split_and_generators(synth_manifest: Path) -> None:
     assert len(only) + len(without) == len(train)
     with pytest.raises(ValueError, match="not in the manifest"):
         select_rows(synth_manifest, "train", generators=["nope"])
+
+
+def test_select_rows_carries_provenance_from_the_manifest(synth_manifest: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    table = pd.read_parquet(synth_manifest)
+    table["family"] = table["generator"].str.upper()
+    table.to_parquet(tmp_path / "m.parquet")
+    rows = select_rows(tmp_path / "m.parquet", "val")
+    merged = rows.merge(table[["path", "sha256", "family"]], on="path", suffixes=("", "_manifest"))
+    assert len(merged) == len(rows) and (merged["sha256"] == merged["sha256_manifest"]).all()
+    assert (merged["family"] == merged["family_manifest"]).all()
 
 
 def test_select_rows_needs_a_split_manifest(synth_root: Path, tmp_path: Path) -> None:
