@@ -80,7 +80,9 @@ def select_rows(
         rows = rows[rows["generator"].isin(generators)]
     if exclude_generators:
         rows = rows[~rows["generator"].isin(exclude_generators)]
-    out = rows[["path", "label", "generator", *(c for c in ROW_PROVENANCE if c in rows)]].reset_index(drop=True)
+    out = rows[["path", "label", "generator", *(c for c in ROW_PROVENANCE if c in rows)]].reset_index(
+        drop=True
+    )
     if classes is None or len(classes) <= 2:
         out["target"] = out["label"].map(label_to_target).astype("int64")
         return out

@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from genart.config import AugmentConfig
 from genart.data.transforms import (
@@ -195,10 +196,12 @@ class FeatureCache:
             num_cpus=1,
         )
         done = 0
-        for batch in dataset.iter_batches(batch_size=128, batch_format="numpy"):
-            if len(batch["sha256"]):
-                self._write(view, list(batch["sha256"]), np.stack(batch["features"]))
-                done += len(batch["sha256"])
+        with tqdm(total=len(todo), desc=f"features ({view})", unit="img", mininterval=10) as progress:
+            for batch in dataset.iter_batches(batch_size=128, batch_format="numpy"):
+                if len(batch["sha256"]):
+                    self._write(view, list(batch["sha256"]), np.stack(batch["features"]))
+                    done += len(batch["sha256"])
+                progress.update(len(batch["sha256"]))
         log.info("encoded %d images for view %s", done, view)
         return done
 

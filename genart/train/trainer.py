@@ -89,7 +89,9 @@ def _artifact_meta(
     del model
     entry = get_entry(config.model.name)
     fingerprint = manifest_fingerprint(
-        pd.concat([train_rows, val_rows]).merge(pd.read_parquet(manifest, columns=["path", "split"]), on="path")
+        pd.concat([train_rows, val_rows]).merge(
+            pd.read_parquet(manifest, columns=["path", "split"]), on="path"
+        )
     )
     meta = ArtifactMeta(
         name=config.model.name, timm_id=entry.timm_id, residual=entry.residual, input=spec.to_dict(),
