@@ -520,6 +520,14 @@ def ensemble_cmd(
     rule: Annotated[str, typer.Option(help="mean, weighted (weights fitted on val) or vote")] = "mean",
     weights: Annotated[str | None, typer.Option(help="fixed weights for 'weighted', e.g. 0.7,0.3")] = None,
     out: Annotated[Path, typer.Option(help="ensemble artefact folder")] = Path("artifacts/ensemble"),
+    max_fpr: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="threshold at this validation false-positive rate (real called AI) instead of Youden's J",
+        ),
+    ] = None,
 ) -> None:
     """Build an ensemble artefact and compare it with its members on the test split, per generator."""
     from pydantic import ValidationError
@@ -530,7 +538,7 @@ def ensemble_cmd(
     paths = [m for item in members for m in item.split(",") if m]
     try:
         fixed = [float(w) for w in weights.split(",")] if weights else None
-        spec, accuracy, overall = build_and_evaluate(paths, data, rule, fixed)  # type: ignore[arg-type]
+        spec, accuracy, overall = build_and_evaluate(paths, data, rule, fixed, max_fpr=max_fpr)  # type: ignore[arg-type]
     except (FileNotFoundError, ValueError, ValidationError) as exc:
         _fail(str(exc))
     save_ensemble(spec, out)

@@ -172,6 +172,13 @@ class TrainConfig(_Section):
     experiment: str = "genart"
     run_name: str | None = None
     limit_train_batches: int | None = None
+    threshold_max_fpr: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="choose the decision threshold on validation as the lowest whose false-positive rate "
+        "(real images called AI) is at most this, instead of maximising Youden's J",
+    )
     verbose: bool = Field(
         False, description="also print Ray Train's report of every rank and epoch, and the step losses"
     )

@@ -28,7 +28,7 @@ __all__ = ["FittedEnsemble", "build_and_evaluate", "fit_ensemble"]
 @dataclass
 class FittedEnsemble:
     """What an ensemble learns from validation rows: weights (``weighted``), members' thresholds, its own
-    threshold (Youden's J of the combined P(ai)) and its calibration error there."""
+    threshold (on the combined P(ai), see :func:`choose_threshold`) and its calibration error there."""
 
     weights: list[float] | None
     member_thresholds: list[float]
@@ -41,6 +41,7 @@ def fit_ensemble(
     fit_rows: pd.DataFrame,
     rule: EnsembleRule = "mean",
     weights: list[float] | None = None,
+    max_fpr: float | None = None,
 ) -> FittedEnsemble:
     """Fit the rule's weights (``weighted`` without fixed weights) and the threshold on ``fit_rows``."""
     fit_preds = [predict_rows(m, fit_rows) for m in loaded]
@@ -53,7 +54,7 @@ def fit_ensemble(
     return FittedEnsemble(
         weights=weights,
         member_thresholds=member_thresholds,
-        threshold=choose_threshold(y_fit, combined),
+        threshold=choose_threshold(y_fit, combined, max_fpr),
         ece=expected_calibration_error(y_fit, combined),
     )
 
@@ -65,13 +66,14 @@ def build_and_evaluate(
     weights: list[float] | None = None,
     fit_on: str = "val",
     split: str = "test",
+    max_fpr: float | None = None,
 ) -> tuple[EnsembleSpec, pd.DataFrame, pd.DataFrame]:
     """Fit the ensemble's weights (``weighted`` without weights) and threshold on ``fit_on``, then compare it
     with each member on ``split``, per generator. Returns ``(spec, accuracy table, overall table)``."""
     loaded = [load_artifact(m) for m in members]
     names = member_names([m.meta.name for m in loaded])
     fit_rows, test_rows = select_rows(manifest, fit_on), select_rows(manifest, split)
-    fitted = fit_ensemble(loaded, fit_rows, rule, weights)
+    fitted = fit_ensemble(loaded, fit_rows, rule, weights, max_fpr)
     weights, member_thresholds, threshold = fitted.weights, fitted.member_thresholds, fitted.threshold
 
     test_preds = [predict_rows(m, test_rows) for m in loaded]

@@ -68,8 +68,11 @@ def logit_columns(preds: pd.DataFrame) -> list[str]:
     return sorted((c for c in preds.columns if c.startswith("logit_")), key=lambda c: int(c.split("_")[1]))
 
 
-def calibrate(loaded: LoadedModel, val_rows: pd.DataFrame, workers: int = 0) -> Calibration:
-    """Fit the temperature and choose the threshold on validation rows; ECE before and after."""
+def calibrate(
+    loaded: LoadedModel, val_rows: pd.DataFrame, workers: int = 0, max_fpr: float | None = None
+) -> Calibration:
+    """Fit the temperature and choose the threshold (see :func:`choose_threshold`) on validation rows; ECE
+    before and after."""
     preds = predict_rows(loaded, val_rows, workers=workers)
     logits = preds[logit_columns(preds)].to_numpy()
     y = preds["target"].to_numpy()
@@ -77,7 +80,7 @@ def calibrate(loaded: LoadedModel, val_rows: pd.DataFrame, workers: int = 0) -> 
     calibrated = ai_probability(logits, temperature)
     return Calibration(
         temperature=temperature,
-        threshold=choose_threshold(y, calibrated),
+        threshold=choose_threshold(y, calibrated, max_fpr),
         ece_before=expected_calibration_error(y, ai_probability(logits)),
         ece_after=expected_calibration_error(y, calibrated),
     )

@@ -159,8 +159,8 @@ def write_loso(result: LosoResult, out: str | Path, title: str = "leave-one-sour
 
 def loso_frozen(config: GenartConfig, manifest: str | Path, split: str | None = "train", min_size: int = 20):
     """Leave-one-source-out for a frozen-encoder model: one head per held-out group, on cached features."""
-    from genart.models.predict import ai_probability
     from genart.data.pipeline import select_rows
+    from genart.models.predict import ai_probability
     from genart.train.head import fit_head, frozen_detector
     from genart.train.trainer import init_ray
 

@@ -59,14 +59,20 @@ def per_generator(frame: pd.DataFrame, threshold: float, prob_col: str = "prob")
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def choose_threshold(y: np.ndarray, p: np.ndarray) -> float:
-    """The threshold that maximises Youden's J (TPR - FPR) on validation data; 0.5 if undefined."""
+def choose_threshold(y: np.ndarray, p: np.ndarray, max_fpr: float | None = None) -> float:
+    """The decision threshold chosen on validation data; 0.5 if undefined.
+
+    By default the one that maximises Youden's J (TPR - FPR). With ``max_fpr``, the operating point for a
+    detector whose false accusations cost more than its misses: the lowest threshold (the most AI caught)
+    whose false-positive rate, real images called AI, is at most ``max_fpr``.
+    """
     y = np.asarray(y).astype(int)
     if len(np.unique(y)) < 2:
         return 0.5
-    fpr, tpr, thresholds = roc_curve(y, p)
-    best = int(np.argmax(tpr - fpr))
-    return float(np.clip(thresholds[best], 1e-6, 1.0))
+    fpr, tpr, thresholds = roc_curve(y, p, drop_intermediate=False)
+    # fpr rises along the curve and starts at 0, so some point is within any max_fpr
+    best = np.argmax(tpr - fpr) if max_fpr is None else np.flatnonzero(fpr <= max_fpr)[-1]
+    return float(np.clip(thresholds[int(best)], 1e-6, 1.0))
 
 
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 15) -> float:

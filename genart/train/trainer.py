@@ -279,7 +279,12 @@ def finish_artifact(
 ) -> FitResult:
     """What every trained model goes through: calibration on val, evaluation on test, the artefact written."""
     classes = loaded.meta.classes
-    calibration = calibrate(loaded, _rows(config, manifest, "val", classes), workers=workers)
+    calibration = calibrate(
+        loaded,
+        _rows(config, manifest, "val", classes),
+        workers=workers,
+        max_fpr=config.train.threshold_max_fpr,
+    )
     loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold
     evaluation = None
     metrics: dict[str, Any] = dict(loaded.meta.metrics)

@@ -12,7 +12,13 @@ SPEC = InputSpec(32, mean=(0.5,) * 3, std=(0.5,) * 3, crop_policy="crop")
 
 def test_select_rows_filters_split_and_generators(synth_manifest: Path) -> None:
     train = select_rows(synth_manifest, "train")
-    assert set(train.columns) == {"path", "label", "generator", "target", "sha256"}  # sha256 from the manifest
+    assert set(train.columns) == {
+        "path",
+        "label",
+        "generator",
+        "target",
+        "sha256",
+    }  # sha256 from the manifest
     assert set(train["target"]) == {0, 1} and (train["target"] == (train["label"] == "ai")).all()
     only = select_rows(synth_manifest, "train", generators=["imagenet_glide"])
     assert set(only["generator"]) == {"imagenet_glide"}

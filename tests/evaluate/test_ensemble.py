@@ -96,3 +96,33 @@ def test_an_ensemble_evaluates_like_one_model(synth_manifest: Path, tmp_path: Pa
         app, ["evaluate", str(tmp_path / "ens"), "--data", str(synth_manifest), "--calibrate-on", "val"]
     )
     assert refit.exit_code == 2 and "drop --calibrate-on" in refit.output
+
+
+def test_ensemble_threshold_at_a_validation_false_positive_rate(synth_manifest: Path, tmp_path: Path) -> None:
+    from genart.data.pipeline import select_rows
+    from genart.models.artifact import load_artifact
+    from genart.models.ensemble import combine
+    from genart.models.predict import predict_rows
+
+    members = _members(tmp_path)
+    result = CliRunner().invoke(
+        app,
+        [
+            "ensemble",
+            *members,
+            "--data",
+            str(synth_manifest),
+            "--max-fpr",
+            "0.05",
+            "--out",
+            str(tmp_path / "e"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    spec = load_ensemble(tmp_path / "e")
+    preds = [predict_rows(load_artifact(m), select_rows(synth_manifest, "val")) for m in members]
+    p = combine(
+        np.stack([f["prob"].to_numpy() for f in preds]), spec.rule, spec.weights, spec.member_thresholds
+    )
+    real = preds[0]["target"].to_numpy() == 0
+    assert (p[real] >= spec.threshold).mean() <= 0.05

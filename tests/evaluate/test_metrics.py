@@ -51,6 +51,20 @@ def test_threshold_is_chosen_on_data_not_half() -> None:
     assert choose_threshold(np.ones(3), np.array([0.2, 0.3, 0.4])) == 0.5
 
 
+def test_threshold_at_a_false_positive_rate_is_the_lowest_within_it() -> None:
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 1000)
+    p = np.concatenate([rng.beta(2, 5, 1000), rng.beta(5, 2, 1000)])
+    youden = choose_threshold(y, p)
+    for max_fpr in (0.2, 0.05, 0.01):
+        t = choose_threshold(y, p, max_fpr=max_fpr)
+        fpr = (p[y == 0] >= t).mean()
+        assert fpr <= max_fpr
+        below = p[(y == 0) & (p < t)].max()  # one step lower would call one more real image AI
+        assert (p[y == 0] >= below).mean() > max_fpr
+    assert choose_threshold(y, p, max_fpr=0.01) > choose_threshold(y, p, max_fpr=0.05) > youden
+
+
 def test_temperature_scaling_fixes_overconfidence() -> None:
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 4000)
