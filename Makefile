@@ -151,7 +151,7 @@ bench-train: $(VENV)/.installed ## Ray Train with 1 and 2 workers vs a plain PyT
 bench-budget: $(VENV)/.installed ## hostile headers: peak memory and time of preprocessing each, before and with the decoding budget
 	$(PY) -m genart.bench.budget --out reports/bench
 
-bench-serve: $(VENV)/.installed ## Serve over HTTP (concurrency 1, 4, 16) vs the ceiling vs plain FastAPI; CPU per process, py-spy
+bench-serve: $(VENV)/.installed ## Serve vs the in-process ceiling vs plain FastAPI at 96 and 224 px, concurrency 1-64, 3 interleaved repeats; CPU per process, py-spy
 	$(PY) -m genart.bench.serve --out reports/bench --profile
 
 # A detector for real images. real-train (DiffusionDB SD 1.x vs COCO/ImageNet photos) split 70/15/15;

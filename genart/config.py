@@ -250,10 +250,10 @@ class ServeConfig(_Section):
         "(30 s in serve_config.yaml) so that Serve's proxy never answers in plain text",
     )
     max_in_flight: int = Field(
-        48,
+        96,
         ge=1,
         description="requests the ingress works on at once; more get 503 JSON with Retry-After. Keep it "
-        "under the ingress' max_ongoing_requests (64)",
+        "under the ingress' max_ongoing_requests (128)",
     )
 
     @field_validator("models")

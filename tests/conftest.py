@@ -172,7 +172,9 @@ def live_serve_config(
     serving a ``detector`` and an ``attributor`` (``artifacts``), ``env`` in its runtime environment, ``args``
     (limits, URL allow-list) for ``build_app``, and small CPU and memory shares so that it fits beside the
     tests."""
-    env = {**env, **_coverage_env()}
+    from genart.serve.app import SERVE_ENV
+
+    env = {**SERVE_ENV, **env, **_coverage_env()}
     small = {"ray_actor_options": {"num_cpus": 0.1}}
     capped = {"ray_actor_options": {"num_cpus": 0.1, "memory": 1536 * 2**20}}  # under the 2-3 GiB defaults
     return {

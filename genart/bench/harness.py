@@ -57,27 +57,39 @@ def wait_http(url: str, timeout_s: float = 120) -> None:
     raise TimeoutError(f"{url} never answered")
 
 
-def bench_images(n: int, size: int, seed: int = 0) -> list[bytes]:
-    """``n`` random-noise PNGs of ``size`` x ``size``: what the benchmarks upload."""
+def bench_images(n: int, size: int, seed: int = 0, image_format: str = "PNG") -> list[bytes]:
+    """``n`` images of ``size`` x ``size``: what the benchmarks upload. PNGs are random noise; JPEGs are
+    smooth noise (a coarse grid upsampled, plus grain) saved at quality 95, about the size of a photo of
+    the same side at that quality, where noise would be several times larger."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(n):
         buffer = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
+        if image_format.upper() == "PNG":
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buffer, "PNG")
+        else:
+            coarse = Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).resize(
+                (size, size), Image.Resampling.BICUBIC
+            )
+            grain = rng.normal(0, 6, (size, size, 3))
+            pixels = np.clip(np.asarray(coarse, dtype=np.float64) + grain, 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(buffer, image_format.upper(), quality=95)
         out.append(buffer.getvalue())
     return out
 
 
-def bench_artifacts(root: Path, size: int) -> list[Path]:
-    """Untrained lite0 + residual at the demo's input policy: speed does not depend on the weights."""
+def bench_artifacts(root: Path, size: int, crop_policies: tuple[str, str] = ("crop", "crop")) -> list[Path]:
+    """Untrained lite0 + residual at ``size`` px, with the given crop policies (lite0's, residual's): the
+    demo's pair by default (both crop); the real recipe's is ("resize", "crop") at 224. Speed does not
+    depend on the weights."""
     from genart.models.artifact import ArtifactMeta, save_artifact
     from genart.models.zoo import build_model, get_entry
 
     paths = []
-    for name in ("lite0", "residual"):
-        model, spec = build_model(name, pretrained=False, input_size=size, crop_policy="crop")
+    for name, policy in zip(("lite0", "residual"), crop_policies, strict=True):
+        model, spec = build_model(name, pretrained=False, input_size=size, crop_policy=policy)
         entry = get_entry(name)
         meta = ArtifactMeta(name=name, timm_id=entry.timm_id, residual=entry.residual, input=spec.to_dict())
         paths.append(save_artifact(model, meta, root / name))

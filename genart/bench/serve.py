@@ -1,18 +1,30 @@
-"""Serving benchmark: the Serve ensemble over HTTP vs the in-process ceiling vs a plain FastAPI app.
+"""Serving benchmark: the Serve ensemble over HTTP vs the in-process ceiling vs a plain FastAPI app, at two
+model sizes, measured so that a noisy machine shows as noise instead of as a result.
 
-All three run the same two models (the demo's lite0 + residual, or the artefacts given) on the same images,
-in one run, on this machine:
+Two pairs of untrained models (speed does not depend on the weights):
+
+- **96 px**: the demo's lite0 + residual (both centre crops), 160 px PNG uploads;
+- **224 px**: the real recipe's lite0 (whole image resized) + residual (native-resolution crop), 512 px JPEG
+  uploads (the real training images are 512 px JPEGs at quality 95).
+
+For each pair, three servers run the same models on the same images:
 
 - **in-process ceiling**: decode + transform + one batched forward pass per model, no HTTP, no Ray;
-- **Serve**: `genart.serve.app` on a local Ray, over HTTP, at concurrency 1, 4 and 16;
+- **Serve**: `genart.serve.app` on a local Ray, over HTTP;
 - **plain FastAPI**: one uvicorn process with the same models and preprocessing, no batching.
 
-Goals (issue 5): Serve >= 0.8x the ceiling at concurrency 16, and >= 2x the plain app.
+Each configuration is measured ``--repeats`` times, interleaved (ceiling, plain, Serve, ceiling, ...), at
+concurrency 1, 4, 16 and 64, and reported as the median with its spread ((max - min) / median). A ratio whose
+two sides' repeats disagree by more than 20 % is printed as "not a result", with the spreads.
 
-Where the time goes: during each concurrency-16 run the CPU seconds of every process involved (the load
-driver, the plain app, each Ray Serve actor) are read before and after, and reported as CPU milliseconds per
-request. With ``--profile``, py-spy then samples every Serve replica and the proxy during one more, untimed
-run at that concurrency: their collapsed stacks and each one's hottest functions go to ``--out``.
+Goals (issue 18): at 224 px, Serve at concurrency 16 >= 0.8x the ceiling and >= 1.2x the plain app; the
+Serve layout's CPU per request, everything but the forward passes, <= 12 ms at concurrency 16.
+
+Where the time goes: during each concurrency-16 run the CPU seconds of every process (the load driver, the
+plain app, each Ray process) are read before and after, and the model replicas report the CPU their forward
+passes took (:meth:`ModelDeployment.usage`). The medians over the repeats, in CPU ms per answered request,
+make the table. With ``--profile``, py-spy samples every Serve replica and the proxy during one more,
+untimed run at concurrency 16 of each pair: their collapsed stacks and hottest functions go to ``--out``.
 """
 
 import argparse
@@ -22,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,34 +52,137 @@ from genart.bench.harness import (
     wait_http,
 )
 
-__all__ = ["ceiling", "hottest_functions", "main", "plain_app", "serve_processes"]
+__all__ = [
+    "AGREEMENT",
+    "CONCURRENCY",
+    "PAIRS",
+    "InProcess",
+    "Pair",
+    "ceiling",
+    "hottest_functions",
+    "main",
+    "plain_app",
+    "ratio",
+    "serve_processes",
+    "spread",
+    "summarise",
+]
+
+CONCURRENCY = (1, 4, 16, 64)
+CPU_AT = 16  # the concurrency at which CPU per process is read
+AGREEMENT = 0.20  # repeats further apart than this (spread) make a figure "not a result"
+GOALS = {"ceiling": 0.8, "plain": 1.2, "layout_cpu_ms": 12.0}
 
 PROFILE_HEADER = ["### py-spy: hottest functions per Serve process (share of samples, waiting included)", ""]
 PROFILE_FOOTER = "Collapsed stacks: `profile/*.txt` beside this file (open them in speedscope.app)."
 
 
-def ceiling(artifacts: list[Path], images: list[bytes], batch: int = 16) -> dict[str, Any]:
-    """Images/s of decode + transform + batched forward passes, in this process: nothing to serve it."""
-    import torch
+@dataclass(frozen=True)
+class Pair:
+    """Two models to serve and the uploads they get."""
 
-    from genart.models.artifact import load_artifact
-    from genart.serve.deployments import prepare_image, spec_key
+    size: int  # the models' input side
+    crop_policies: tuple[str, str]  # lite0's, residual's
+    image_size: int  # the uploads' side
+    image_format: str
+    what: str
 
-    models = [load_artifact(p) for p in artifacts]
-    specs = {spec_key(m.spec): m.spec.to_dict() for m in models}
 
-    def run(count: int) -> float:
+PAIRS = {
+    96: Pair(96, ("crop", "crop"), 160, "PNG", "the demo's pair (centre crops)"),
+    224: Pair(224, ("resize", "crop"), 512, "JPEG", "the real recipe's pair (lite0 resized, residual crop)"),
+}
+
+
+# -- the figures: pure, what the tests cover ---------------------------------------------------------------
+def spread(values: list[float]) -> float:
+    """(max - min) / median of the repeats: 0 for one value or all equal; inf when the median is 0."""
+    if len(values) < 2:
+        return 0.0
+    median = float(np.median(values))
+    if median == 0:
+        return 0.0 if max(values) == min(values) else float("inf")
+    return (max(values) - min(values)) / median
+
+
+def summarise(values: list[float], agreement: float = AGREEMENT) -> dict[str, Any]:
+    """Median, range and spread of one configuration's repeats; ``agree`` is False past ``agreement``."""
+    s = spread(values)
+    return {
+        "median": float(np.median(values)) if values else None,
+        "min": min(values, default=None),
+        "max": max(values, default=None),
+        "spread": s,
+        "repeats": list(values),
+        "agree": bool(values) and s <= agreement,
+    }
+
+
+def ratio(
+    numerator: dict[str, Any], denominator: dict[str, Any], goal: float | None = None
+) -> dict[str, Any]:
+    """``numerator`` median over ``denominator`` median, a result only when both sides' repeats agree."""
+    value = (
+        numerator["median"] / denominator["median"]
+        if numerator["median"] is not None and denominator["median"]
+        else None
+    )
+    result = numerator["agree"] and denominator["agree"] and value is not None
+    out: dict[str, Any] = {"value": value, "result": result, "goal": goal}
+    if goal is not None:
+        out["met"] = bool(result and value >= goal)
+    if not result:
+        out["why"] = (
+            f"repeats disagree: spread {numerator['spread']:.0%} and {denominator['spread']:.0%} "
+            f"(more than {AGREEMENT:.0%} is not a result)"
+        )
+    return out
+
+
+def ratio_text(r: dict[str, Any]) -> str:
+    """How a ratio reads in the report: the figure and whether it met its goal, or why it is no result."""
+    if not r["result"]:
+        shown = "-" if r["value"] is None else f"{r['value']:.2f}"
+        return f"not a result ({r['why']}; the medians give {shown})"
+    goal = f" (goal {r['goal']}: {'met' if r['met'] else 'not met'})" if r.get("goal") is not None else ""
+    return f"**{r['value']:.2f}**{goal}"
+
+
+# -- the three servers -------------------------------------------------------------------------------------
+class InProcess:
+    """The ceiling: decode + transform + batched forward passes in this process, nothing to serve them."""
+
+    def __init__(self, artifacts: list[Path], images: list[bytes], batch: int = 16) -> None:
+        import torch
+
+        from genart.models.artifact import load_artifact
+        from genart.serve.deployments import spec_key
+
+        self.models = [load_artifact(p) for p in artifacts]
+        self.keys = [spec_key(m.spec) for m in self.models]
+        self.specs = {spec_key(m.spec): m.spec.to_dict() for m in self.models}
+        self.images, self.batch, self.threads = images, batch, torch.get_num_threads()
+        self.run(batch)  # warm-up
+
+    def run(self, count: int) -> float:
+        """Images per second over ``count`` images."""
+        import torch
+
+        from genart.serve.deployments import prepare_image
+
         start = time.perf_counter()
-        for i in range(0, count, batch):
-            prepared = [
-                prepare_image(images[j % len(images)], specs) for j in range(i, min(i + batch, count))
-            ]
-            for m in models:
-                m.predict_proba(torch.from_numpy(np.stack([p.tensors[spec_key(m.spec)] for p in prepared])))
+        for i in range(0, count, self.batch):
+            stop = min(i + self.batch, count)
+            prepared = [prepare_image(self.images[j % len(self.images)], self.specs) for j in range(i, stop)]
+            for model, key in zip(self.models, self.keys, strict=True):
+                model.predict_proba(torch.from_numpy(np.stack([p.tensors[key] for p in prepared])))
         return count / (time.perf_counter() - start)
 
-    run(batch)  # warm-up
-    return {"img_s": run(len(images) * 2), "batch": batch, "torch_threads": torch.get_num_threads()}
+
+def ceiling(artifacts: list[Path], images: list[bytes], batch: int = 16) -> dict[str, Any]:
+    """Images/s of decode + transform + batched forward passes, in this process: nothing to serve it."""
+    inproc = InProcess(artifacts, images, batch)
+    return {"img_s": inproc.run(len(images) * 2), "batch": batch, "torch_threads": inproc.threads}
 
 
 def plain_app(artifacts: list[str]):
@@ -93,6 +209,29 @@ def plain_app(artifacts: list[str]):
     return app
 
 
+class PlainServer:
+    """:func:`plain_app` in a uvicorn process of its own, on a free port."""
+
+    def __init__(self, artifacts: list[Path]) -> None:
+        port = free_port()
+        code = (
+            "import sys, uvicorn; from genart.bench.serve import plain_app; "
+            f"uvicorn.run(plain_app(sys.argv[1:]), host='127.0.0.1', port={port}, log_level='warning')"
+        )
+        self.proc = subprocess.Popen([sys.executable, "-c", code, *map(str, artifacts)])
+        self.url = f"http://127.0.0.1:{port}/predict"
+        try:
+            wait_http(f"http://127.0.0.1:{port}/docs")
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+# -- measuring -----------------------------------------------------------------------------------------------
 def _cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
     """User + system CPU seconds, summed per role, of the given processes (gone ones count 0)."""
     import psutil
@@ -125,33 +264,66 @@ def serve_processes() -> dict[str, list[int]]:
     return roles
 
 
-def _measure(
-    url: str, images: list[bytes], requests: dict[int, int], pids: dict[str, list[int]] | None = None,
-    profile_dir: Path | None = None,
-) -> dict[int, dict[str, Any]]:  # fmt: skip
-    """Throughput and latency per concurrency; at the highest, CPU ms per request of each process in
-    ``pids`` (and of this driver), and py-spy profiles of them into ``profile_dir``."""
-    asyncio.run(drive(url, images, 4, requests=8))  # warm-up
+def _forward_usage(models: list[str]) -> np.ndarray:
+    """CPU seconds, images and batches of the Serve model replicas' forward passes so far (one replica
+    each), summed over the models."""
+    from ray import serve
+
+    total = np.zeros(3)
+    for m in models:
+        usage = serve.get_deployment_handle(m, app_name="genart").usage.remote().result(timeout_s=30)
+        total += [usage["cpu_s"], usage["images"], usage["batches"]]
+    return total
+
+
+def _preprocess_cpu() -> float:
+    """CPU seconds the Serve Preprocessor has spent decoding and transforming so far (one replica)."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Preprocessor", app_name="genart")
+    return handle.usage.remote().result(timeout_s=30)["cpu_s"]
+
+
+def requests_at(concurrency: int, base: int) -> int:
+    """Requests per measurement: ``base`` at concurrency 16, proportionally fewer below it (at least 12), and
+    above it two per client."""
+    return max(12, base * min(concurrency, CPU_AT) // CPU_AT, 2 * concurrency)
+
+
+def measure(
+    url: str,
+    images: list[bytes],
+    base: int,
+    pids: dict[str, list[int]],
+    models: list[str] | None = None,
+) -> dict[int, dict[str, Any]]:
+    """One pass over every concurrency: throughput and latency; at :data:`CPU_AT`, CPU ms per answered
+    request of each process in ``pids`` (and of this driver), and of the forward passes of ``models``."""
     results = {}
-    top = max(requests)
-    for c, n in requests.items():
-        watched = {**(pids or {}), "load driver (this process)": [os.getpid()]}
-        before = _cpu_seconds(watched)
-        results[c] = step_summary(*asyncio.run(drive(url, images, c, requests=n)))
-        after = _cpu_seconds(watched)
-        if c == top:
-            done = results[c]["ok"] or 1
+    for c in CONCURRENCY:
+        watched = {**pids, "load driver (this process)": [os.getpid()]}
+        before, forward_before = _cpu_seconds(watched), _forward_usage(models) if models else None
+        preprocess_before = _preprocess_cpu() if models else 0.0
+        results[c] = step_summary(*asyncio.run(drive(url, images, c, requests=requests_at(c, base))))
+        if models:
+            cpu_s, images_done, batches = _forward_usage(models) - forward_before
+            results[c]["mean_batch"] = images_done / batches if batches else None
+        if c == CPU_AT:
+            after, done = _cpu_seconds(watched), results[c]["ok"] or 1
             results[c]["cpu_ms_per_request"] = {
-                role: round(1000 * (after[role] - before[role]) / done, 1) for role in watched
+                role: 1000 * (after[role] - before[role]) / done for role in watched
             }
-    if profile_dir:  # a separate, untimed pass: py-spy's own sampling would slow the measured one
-        spies = _start_profiles(pids or {}, profile_dir)
-        asyncio.run(drive(url, images, top, requests=requests[top]))
-        _stop_profiles(spies)
+            if models:
+                results[c]["forward_cpu_ms_per_request"] = 1000 * cpu_s / done
+                results[c]["preprocess_cpu_ms_per_request"] = (
+                    1000 * (_preprocess_cpu() - preprocess_before) / done
+                )
     return results
 
 
-def _start_profiles(pids: dict[str, list[int]], out: Path) -> list[tuple[str, subprocess.Popen, Path]]:
+def _start_profiles(
+    pids: dict[str, list[int]], out: Path, tag: str
+) -> list[tuple[str, subprocess.Popen, Path]]:
     """py-spy on each Serve replica and the proxy, writing collapsed stacks."""
     import shutil
 
@@ -164,10 +336,21 @@ def _start_profiles(pids: dict[str, list[int]], out: Path) -> list[tuple[str, su
     for role, group in pids.items():
         if not any(k in role for k in ("ServeReplica", "ProxyActor")):
             continue
-        name = role.replace("ServeReplica:genart:", "").replace(":", "_")
+        name = f"{tag}-" + role.replace("ServeReplica:genart:", "").replace(":", "_")
         raw = out / f"profile-{name}.txt"
-        cmd = [spy, "record", "--pid", str(group[0]), "--format", "raw", "--output", str(raw),
-               "--rate", "97", "--nonblocking"]  # fmt: skip
+        cmd = [
+            spy,
+            "record",
+            "--pid",
+            str(group[0]),
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--rate",
+            "97",
+            "--nonblocking",
+        ]
         started.append((name, subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE), raw))
     time.sleep(1.0)  # py-spy attaches
     return started
@@ -204,142 +387,268 @@ def hottest_functions(raw: Path, top: int = 6) -> list[tuple[str, float]]:
     return [(name, n / total) for name, n in ranked] if total else []
 
 
-def _plot(served: dict[int, dict[str, Any]], plain: dict[int, dict[str, Any]], ceiling_img_s: float,
-          path: Path) -> Path:  # fmt: skip
-    from genart.plots import plt, save_figure
+# -- one pair ------------------------------------------------------------------------------------------------
+def _median_cpu(runs: list[dict[int, dict[str, Any]]], key: str = "cpu_ms_per_request") -> dict[str, float]:
+    roles = {role for run in runs for role in run[CPU_AT].get(key, {})}
+    return {role: float(np.median([run[CPU_AT][key].get(role, 0.0) for run in runs])) for role in roles}
 
-    fig, (lat, thr) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name, table, colour in (("Ray Serve", served, "tab:blue"), ("plain FastAPI", plain, "tab:orange")):
-        c = sorted(table)
-        lat.plot(c, [table[k]["p50_ms"] for k in c], marker="o", color=colour, label=f"{name} p50")
-        lat.plot(c, [table[k]["p99_ms"] for k in c], marker="o", ls="--", color=colour, label=f"{name} p99")
-        thr.plot(c, [table[k]["req_s"] for k in c], marker="o", color=colour, label=name)
-    thr.axhline(ceiling_img_s, color="k", ls=":", label="in-process ceiling")
-    for ax in (lat, thr):
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("concurrent clients")
-        ax.legend(fontsize=7)
-    lat.set_ylabel("latency (ms)")
-    thr.set_ylabel("requests per second")
-    lat.set_title("Latency against concurrency", fontsize=9)
-    thr.set_title("Throughput against concurrency", fontsize=9)
-    return save_figure(fig, path)
+
+def layout_cpu(cpu: dict[str, float], forward_ms: float) -> float:
+    """The Serve layout's CPU per request: every Ray process but the forward passes (the load driver is
+    the client, not the layout)."""
+    return sum(ms for role, ms in cpu.items() if not role.startswith("load driver")) - forward_ms
+
+
+def _summarise_runs(runs: list[dict[int, dict[str, Any]]]) -> dict[int, dict[str, Any]]:
+    table = {}
+    for c in CONCURRENCY:
+        steps = [run[c] for run in runs]
+        table[c] = {
+            "req_s": summarise([s["req_s"] for s in steps]),
+            "p50_ms": float(np.median([s["p50_ms"] for s in steps if s["p50_ms"] is not None] or [np.nan])),
+            "p99_ms": float(np.median([s["p99_ms"] for s in steps if s["p99_ms"] is not None] or [np.nan])),
+            "errors": sum(s["requests"] - s["ok"] for s in steps),
+            "mean_batch": float(
+                np.median([s["mean_batch"] for s in steps if s.get("mean_batch")] or [np.nan])
+            ),
+        }
+    return table
+
+
+def bench_pair(pair: Pair, repeats: int, base: int, root: Path, profile_dir: Path | None) -> dict[str, Any]:
+    """The three servers on ``pair``, measured ``repeats`` times each, interleaved."""
+    artifacts = bench_artifacts(root, pair.size, pair.crop_policies)
+    images = bench_images(32, pair.image_size, image_format=pair.image_format)
+    log = lambda line: print(f"[{pair.size} px] {line}", flush=True)  # noqa: E731
+    log("loading the in-process ceiling, the plain app and the Serve app ...")
+    inproc = InProcess(artifacts, images)
+    env = {
+        "DATABASE_URL": f"sqlite:///{root}/bench.db",
+        "GENART_API_KEY": "",
+        "GENART_DATA_DIR": f"{root}/data",
+    }
+    plain = PlainServer(artifacts)
+    ceilings: list[float] = []
+    plain_runs: list[dict[int, dict[str, Any]]] = []
+    serve_runs: list[dict[int, dict[str, Any]]] = []
+    try:
+        with ServeApp(artifacts, env) as app:
+            serve_url, models = f"{app.base}/predict", [f"m{i}" for i in range(len(artifacts))]
+            for url in (plain.url, serve_url):  # warm-up: first batches, connection pools
+                asyncio.run(drive(url, images, 4, requests=16))
+            for r in range(repeats):
+                ceilings.append(inproc.run(max(2 * inproc.batch, base)))
+                plain_runs.append(measure(plain.url, images, base, {"plain app": [plain.proc.pid]}))
+                serve_runs.append(measure(serve_url, images, base, serve_processes(), models))
+                log(
+                    f"repeat {r + 1}/{repeats}: ceiling {ceilings[-1]:.1f} img/s; at {CPU_AT} clients, "
+                    f"plain {plain_runs[-1][CPU_AT]['req_s']:.1f} req/s, "
+                    f"Serve {serve_runs[-1][CPU_AT]['req_s']:.1f} req/s"
+                )
+            if profile_dir:  # untimed: py-spy's own sampling would slow a measured pass
+                spies = _start_profiles(serve_processes(), profile_dir, f"{pair.size}px")
+                asyncio.run(drive(serve_url, images, CPU_AT, requests=requests_at(CPU_AT, base)))
+                _stop_profiles(spies)
+    finally:
+        plain.stop()
+    served, plained, ceiling_summary = (
+        _summarise_runs(serve_runs),
+        _summarise_runs(plain_runs),
+        summarise(ceilings),
+    )
+    cpu = _median_cpu(serve_runs)
+    forward = float(np.median([run[CPU_AT]["forward_cpu_ms_per_request"] for run in serve_runs]))
+    preprocess = float(np.median([run[CPU_AT]["preprocess_cpu_ms_per_request"] for run in serve_runs]))
+    layouts = summarise(
+        [
+            layout_cpu(run[CPU_AT]["cpu_ms_per_request"], run[CPU_AT]["forward_cpu_ms_per_request"])
+            for run in serve_runs
+        ]
+    )
+    return {
+        "pair": pair.what,
+        "model_input": pair.size,
+        "crop_policies": list(pair.crop_policies),
+        "upload": f"{pair.image_size} px {pair.image_format}",
+        "upload_bytes_mean": float(np.mean([len(i) for i in images])),
+        "in_process_ceiling_img_s": ceiling_summary,
+        "ceiling_batch": inproc.batch,
+        "ceiling_torch_threads": inproc.threads,
+        "serve": served,
+        "plain_fastapi": plained,
+        "serve_runs": serve_runs,
+        "plain_runs": plain_runs,
+        "cpu_ms_per_request_serve": cpu,
+        "cpu_ms_per_request_plain": _median_cpu(plain_runs),
+        "forward_cpu_ms_per_request": forward,
+        "preprocess_cpu_ms_per_request": preprocess,
+        "serve_overhead_cpu_ms_per_request": layouts["median"] - preprocess,
+        "layout_cpu_ms_per_request": layouts["median"],
+        "layout_cpu_ms_repeats": layouts,
+        "ratio_serve16_over_ceiling": ratio(served[16]["req_s"], ceiling_summary, GOALS["ceiling"]),
+        "ratio_serve16_over_plain16": ratio(served[16]["req_s"], plained[16]["req_s"], GOALS["plain"]),
+    }
+
+
+# -- the report ----------------------------------------------------------------------------------------------
+def _rate(s: dict[str, Any]) -> str:
+    flag = "" if s["agree"] else " **(repeats disagree)**"
+    return f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f}, spread {s['spread']:.0%}){flag}"
+
+
+def _pair_md(p: dict[str, Any]) -> list[str]:
+    rows = [
+        f"| in-process batched forward (ceiling, batch {p['ceiling_batch']}) | - | "
+        f"{_rate(p['in_process_ceiling_img_s'])} | - | - | {p['ceiling_batch']} |"
+    ]
+    for name, table in (
+        ("Ray Serve ensemble over HTTP", p["serve"]),
+        ("plain FastAPI, no batching", p["plain_fastapi"]),
+    ):
+        for c, r in table.items():
+            errors = f" ({r['errors']} errors)" if r["errors"] else ""
+            batch = f"{r['mean_batch']:.1f}" if r["mean_batch"] == r["mean_batch"] else "-"  # NaN: none
+            rows.append(
+                f"| {name} | {c} | {_rate(r['req_s'])}{errors} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} "
+                f"| {batch} |"
+            )
+    return [
+        f"### {p['model_input']} px: {p['pair']}, {p['upload']} uploads",
+        "",
+        "| server | concurrency | req/s median (min-max, spread) | p50 ms | p99 ms | mean batch |",
+        "|---|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        f"- Serve at {CPU_AT} / in-process ceiling: {ratio_text(p['ratio_serve16_over_ceiling'])}",
+        f"- Serve at {CPU_AT} / plain FastAPI at {CPU_AT}: {ratio_text(p['ratio_serve16_over_plain16'])}",
+        "",
+    ]
+
+
+def _cpu_md(pairs: dict[int, dict[str, Any]]) -> list[str]:
+    sizes = sorted(pairs)
+    roles: dict[str, None] = {}
+    for size in sizes:
+        for role, _ in sorted(pairs[size]["cpu_ms_per_request_serve"].items(), key=lambda kv: -kv[1]):
+            roles.setdefault(role, None)
+    head = "| process (Ray Serve) | " + " | ".join(f"{s} px" for s in sizes) + " |"
+    rows = [head, "|---|" + "---:|" * len(sizes)]
+    for role in roles:
+        values = [pairs[s]["cpu_ms_per_request_serve"].get(role, 0.0) for s in sizes]
+        if max(values) >= 0.3:
+            rows.append(f"| {role} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+
+    def line(label: str, key: str) -> str:
+        return f"| {label} | " + " | ".join(f"{key_of(pairs[s], key):.1f}" for s in sizes) + " |"
+
+    def key_of(p: dict[str, Any], key: str) -> float:
+        if key == "total":
+            return sum(p["cpu_ms_per_request_serve"].values())
+        if key == "plain":
+            return sum(p["cpu_ms_per_request_plain"].values())
+        return p[key]
+
+    rows += [
+        line("**all processes**", "total"),
+        line("of which forward passes (measured in the model replicas)", "forward_cpu_ms_per_request"),
+        line(
+            f"**the Serve layout: all but the forward passes and the load driver** "
+            f"(goal <= {GOALS['layout_cpu_ms']:.0f})",
+            "layout_cpu_ms_per_request",
+        ),
+        line(
+            "of which decoding and transforms (measured in the Preprocessor)", "preprocess_cpu_ms_per_request"
+        ),
+        line(
+            "of which Serve itself: proxy, hops, queues, Ray's processes", "serve_overhead_cpu_ms_per_request"
+        ),
+        line("plain FastAPI app + load driver, for comparison", "plain"),
+    ]
+    return rows
+
+
+def markdown(results: dict[str, Any]) -> str:
+    pairs = {int(k): v for k, v in results["pairs"].items()}
+    m = results["machine"]
+    lines = [
+        "## Serving: Ray Serve vs the in-process ceiling vs plain FastAPI",
+        "",
+        f"{results['date']}, {m['cpus']} CPUs; untrained lite0 + residual; {results['repeats']} repeats per "
+        f"configuration, interleaved (ceiling, plain, Serve, ...); req/s is the median with its range. Same "
+        f"preprocessing code in all three. The run took {results['seconds'] / 60:.1f} minutes.",
+        "",
+    ]
+    for size in sorted(pairs):
+        lines += _pair_md(pairs[size])
+    lines += [
+        f"### Where the CPU goes at concurrency {CPU_AT} (CPU ms per answered request, median of repeats)",
+        "",
+        f"The machine has {m['cpus']} cores: at N req/s all processes together can use at most "
+        "1000 x cores / N ms per request.",
+        "",
+        *_cpu_md(pairs),
+        "",
+    ]
+    for size in sorted(pairs):
+        layout, repeats = pairs[size]["layout_cpu_ms_per_request"], pairs[size]["layout_cpu_ms_repeats"]
+        verdict = "met" if layout <= GOALS["layout_cpu_ms"] else "not met"
+        if not repeats["agree"]:
+            verdict += f"; but the repeats disagree, spread {repeats['spread']:.0%}: not a result"
+        lines.append(
+            f"- {size} px: the layout costs **{layout:.1f} ms** per request (repeats "
+            f"{', '.join(f'{v:.1f}' for v in repeats['repeats'])}; goal <= {GOALS['layout_cpu_ms']:.0f} ms: "
+            f"{verdict})"
+        )
+    lines.append("")
+    if results.get("profile"):
+        lines += [*PROFILE_HEADER, *results["profile"], "", PROFILE_FOOTER, ""]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    from datetime import UTC, datetime
+
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--artifacts", nargs="*", help="artefacts to serve (default: untrained lite0 + residual)"
-    )
-    parser.add_argument("--size", type=int, default=96, help="input size of the default artefacts")
-    parser.add_argument("--image-size", type=int, default=160, help="side of the PNGs sent")
-    parser.add_argument(
-        "--requests", type=int, default=160, help="requests per measurement at concurrency 16"
-    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=sorted(PAIRS), choices=sorted(PAIRS))
+    parser.add_argument("--repeats", type=int, default=3, help="measurements of each configuration")
+    parser.add_argument("--requests", type=int, default=64, help="requests per measurement at concurrency 16")
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     parser.add_argument("--profile", action="store_true", help="py-spy the Serve processes at concurrency 16")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    images = bench_images(32, args.image_size)
-    requests = {1: max(args.requests // 4, 16), 4: max(args.requests // 2, 16), 16: args.requests}
-    with tempfile.TemporaryDirectory() as tmp:
-        artifacts = (
-            [Path(a) for a in args.artifacts] if args.artifacts else bench_artifacts(Path(tmp), args.size)
-        )
-        print("in-process ceiling ...", flush=True)
-        inproc = ceiling(artifacts, images)
-
-        print("plain FastAPI ...", flush=True)
-        port = free_port()
-        code = (
-            "import sys, uvicorn; from genart.bench.serve import plain_app; "
-            f"uvicorn.run(plain_app(sys.argv[1:]), host='127.0.0.1', port={port}, log_level='warning')"
-        )
-        proc = subprocess.Popen([sys.executable, "-c", code, *map(str, artifacts)])
-        try:
-            wait_http(f"http://127.0.0.1:{port}/docs")
-            plain = _measure(f"http://127.0.0.1:{port}/predict", images, requests, {"plain app": [proc.pid]})
-        finally:
-            proc.terminate()
-            proc.wait(30)
-
-        print("Ray Serve ...", flush=True)
-        env = {
-            "DATABASE_URL": f"sqlite:///{tmp}/bench.db",
-            "GENART_API_KEY": "",
-            "GENART_DATA_DIR": f"{tmp}/data",
-        }
-        with ServeApp(artifacts, env) as app:
-            served = _measure(
-                f"{app.base}/predict", images, requests, serve_processes(),
+    started = time.monotonic()
+    pairs = {}
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            pairs[size] = bench_pair(
+                PAIRS[size],
+                args.repeats,
+                args.requests,
+                Path(tmp),
                 args.out / "profile" if args.profile else None,
-            )  # fmt: skip
-
+            )
+    profile_md = []
+    for raw in sorted((args.out / "profile").glob("profile-*px-*.txt")) if args.profile else []:
+        hot = hottest_functions(raw)
+        profile_md.append(
+            f"- **{raw.stem.removeprefix('profile-')}**: "
+            + "; ".join(f"{name} {share:.0%}" for name, share in hot)
+        )
     results = {
         "benchmark": "serve",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
-        "models": [str(a) for a in artifacts]
-        if args.artifacts
-        else ["lite0 (untrained)", "residual (untrained)"],
-        "image_size": args.image_size,
-        "in_process_ceiling_img_s": inproc,
-        "serve": served,
-        "plain_fastapi": plain,
-        "ratio_serve16_over_ceiling": served[16]["req_s"] / inproc["img_s"],
-        "ratio_serve16_over_plain16": served[16]["req_s"] / plain[16]["req_s"],
+        "repeats": args.repeats,
+        "requests_at_16": args.requests,
+        "agreement": AGREEMENT,
+        "goals": GOALS,
+        "pairs": {str(k): v for k, v in pairs.items()},
+        "profile": profile_md,
+        "seconds": time.monotonic() - started,
     }
-    plot = _plot(served, plain, inproc["img_s"], args.out / "serve_latency.png")
-    top = max(requests)
-    cpu_rows = []
-    for name, table in (("Ray Serve", served), ("plain FastAPI", plain)):
-        shares = table[top].get("cpu_ms_per_request", {})
-        total = sum(shares.values())
-        for role, ms in sorted(shares.items(), key=lambda kv: -kv[1]):
-            if ms >= 0.5:
-                cpu_rows.append(f"| {name} | {role} | {ms:.1f} |")
-        cpu_rows.append(f"| {name} | **all of the above** | **{total:.1f}** |")
-        results[f"cpu_ms_per_request_{'serve' if name == 'Ray Serve' else 'plain'}"] = total
-    profile_md = []
-    for raw in sorted((args.out / "profile").glob("profile-*.txt")) if args.profile else []:
-        hot = hottest_functions(raw)
-        profile_md += [f"- **{raw.stem.removeprefix('profile-')}**: "
-                       + "; ".join(f"{name} {share:.0%}" for name, share in hot)]  # fmt: skip
-    rows = [f"| in-process batched forward (ceiling) | - | {inproc['img_s']:.1f} | - | - |"]
-    for name, table in (("Ray Serve ensemble over HTTP", served), ("plain FastAPI, no batching", plain)):
-        for c, r in table.items():
-            rows.append(f"| {name} | {c} | {r['req_s']:.1f} | {r['p50_ms']:.0f} | {r['p99_ms']:.0f} |")
-    md = "\n".join(
-        [
-            "## Serving: Ray Serve vs the in-process ceiling vs plain FastAPI",
-            "",
-            f"Two models ({', '.join(results['models'])}), {args.image_size} px PNG uploads; "
-            f"{results['machine']['cpus']} CPUs. Same preprocessing code in all three.",
-            "",
-            "| server | concurrency | req/s | p50 ms | p99 ms |",
-            "|---|---:|---:|---:|---:|",
-            *rows,
-            "",
-            f"Serve at concurrency 16 / in-process ceiling: **{results['ratio_serve16_over_ceiling']:.2f}** "
-            "(goal 0.8)",
-            f"Serve at concurrency 16 / plain FastAPI at 16: **{results['ratio_serve16_over_plain16']:.2f}** "
-            "(goal 2.0)",
-            "",
-            f"![latency and throughput against concurrency]({plot.name})",
-            "",
-            f"### Where the CPU goes at concurrency {top} (CPU ms per answered request, by process)",
-            "",
-            f"The machine has {results['machine']['cpus']} cores: at N req/s the processes below can use at "
-            "most 1000 x cores / N ms per request between them.",
-            "",
-            "| server | process | CPU ms / request |",
-            "|---|---|---:|",
-            *cpu_rows,
-            "",
-            *(PROFILE_HEADER + profile_md + ["", PROFILE_FOOTER, ""] if profile_md else []),
-        ]
-    )  # fmt: skip
+    md = markdown(results)
     write_results(args.out, "serve", results, md)
     print(md)
     return results

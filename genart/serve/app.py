@@ -15,9 +15,25 @@ from genart.config import ServeConfig
 from genart.serve.deployments import ModelDeployment, Preprocessor
 from genart.serve.ingress import EnsembleIngress
 
-__all__ = ["build_app", "compose"]
+__all__ = ["SERVE_ENV", "build_app", "compose"]
 
 RESERVED_NAMES = {"Preprocessor", "EnsembleIngress"}
+
+#: Serve's settings for every replica of the app (environment variables a replica reads when it starts; the
+#: config files set the same under the application's ``runtime_env``). By default Serve runs the user's code
+#: and each handle's router on event loops of their own, in threads of their own: every request then crosses
+#: threads several times per replica, which on a few cores costs more CPU than it saves (issue 18; Serve's
+#: RAY_SERVE_THROUGHPUT_OPTIMIZED mode turns both off too). The replicas' own code never blocks its loop for
+#: long: decoding runs in threads, and a model's forward pass blocks only its own replica.
+SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+
+def _with_serve_env(actor_options: dict[str, Any] | None) -> dict[str, Any]:
+    """``actor_options`` with :data:`SERVE_ENV` under its runtime environment's variables (theirs win)."""
+    options = dict(actor_options or {})
+    runtime_env = dict(options.get("runtime_env") or {})
+    runtime_env["env_vars"] = {**SERVE_ENV, **(runtime_env.get("env_vars") or {})}
+    return {**options, "runtime_env": runtime_env}
 
 
 def compose(config: ServeConfig, ingress_options: dict[str, Any] | None = None) -> Application:
@@ -25,10 +41,14 @@ def compose(config: ServeConfig, ingress_options: dict[str, Any] | None = None) 
     clash = RESERVED_NAMES & {m.name for m in config.models}
     if clash:
         raise ValueError(f"model names {sorted(clash)} are taken by the app's own deployments")
-    preprocessor = Preprocessor.options(user_config={"max_pixels": config.max_pixels}).bind(config.max_pixels)
+    preprocessor = Preprocessor.options(
+        user_config={"max_pixels": config.max_pixels},
+        ray_actor_options=_with_serve_env(Preprocessor.ray_actor_options),
+    ).bind(config.max_pixels)
     models = {
         m.name: ModelDeployment.options(
             name=m.name,
+            ray_actor_options=_with_serve_env(ModelDeployment.ray_actor_options),
             user_config={
                 **({"artifact": m.artifact} if m.artifact else {}),
                 "max_batch_size": config.max_batch_size,
@@ -37,7 +57,11 @@ def compose(config: ServeConfig, ingress_options: dict[str, Any] | None = None) 
         ).bind(m.name, None, m.weight)
         for m in config.models
     }
-    ingress = EnsembleIngress.options(**(ingress_options or {}))
+    options = dict(ingress_options or {})
+    options["ray_actor_options"] = _with_serve_env(
+        options.get("ray_actor_options", EnsembleIngress.ray_actor_options)
+    )
+    ingress = EnsembleIngress.options(**options)
     return ingress.bind(preprocessor, models, config.model_dump(mode="json"))
 
 

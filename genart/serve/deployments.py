@@ -9,6 +9,7 @@ without a restart.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -58,6 +59,10 @@ class Prepared:
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     error: str | None = None
     decode_ms: float = 0.0
+
+    def header(self) -> Prepared:
+        """The same image without its tensors: what the ingress needs to answer and store a prediction."""
+        return dataclasses.replace(self, tensors={})
 
 
 def prepare_image(
@@ -141,6 +146,7 @@ class Preprocessor:
         # so that concurrent hostile uploads queue here instead of pushing the replica past its cap.
         self.decode_slots = max(1, (self.memory_cap - resident_bytes()) // self.limits.max_preprocess_bytes)
         self._slots = asyncio.Semaphore(self.decode_slots)
+        self.work = {"cpu_s": 0.0, "images": 0}
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         if "max_pixels" in user_config:
@@ -159,9 +165,21 @@ class Preprocessor:
         """Resident memory and cap in bytes (what the health check compares); decodes allowed at once."""
         return {"resident": resident_bytes(), "cap": self.memory_cap, "decode_slots": self.decode_slots}
 
+    def usage(self) -> dict[str, float]:
+        """Decoding and transforming since the replica started: CPU seconds (on the threads that did it) and
+        images. The serving benchmark tells this work from the cost of the layout around it."""
+        return dict(self.work)
+
+    def _prepare(self, data: bytes, specs: dict[str, dict[str, Any]]) -> Prepared:
+        cpu = time.thread_time()
+        prepared = prepare_image(data, specs, self.limits)
+        self.work["cpu_s"] += time.thread_time() - cpu
+        self.work["images"] += 1
+        return prepared
+
     async def prepare(self, data: bytes, specs: dict[str, dict[str, Any]]) -> Prepared:
         async with self._slots:
-            return await asyncio.to_thread(prepare_image, data, specs, self.limits)
+            return await asyncio.to_thread(self._prepare, data, specs)
 
 
 def _weights_version(local_dir: Any) -> str:
@@ -188,6 +206,7 @@ class ModelDeployment:
         self.loaded: Any = None
         self.version = ""
         self.key = ""
+        self.forward = {"cpu_s": 0.0, "images": 0, "batches": 0}
         if artifact:
             self._load(artifact)
 
@@ -257,10 +276,11 @@ class ModelDeployment:
         out: list[dict[str, Any]] = [{"error": "stale_spec", "spec_key": key} for _ in items]
         if not fresh:
             return out
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.thread_time()
         logits = loaded.logits(torch.from_numpy(np.stack([items[i][1] for i in fresh])))
         p_ai = ai_probability(logits, loaded.meta.temperature)
         elapsed = (time.perf_counter() - start) * 1000
+        self._count_forward(time.thread_time() - cpu, len(fresh))
         classes = loaded.meta.classes
         probs = class_probabilities(logits, loaded.meta.temperature) if len(classes) > 2 else None
         for j, i in enumerate(fresh):
@@ -277,9 +297,39 @@ class ModelDeployment:
             out[i] = item
         return out
 
+    def _count_forward(self, cpu_s: float, images: int) -> None:
+        self.forward["cpu_s"] += cpu_s
+        self.forward["images"] += images
+        self.forward["batches"] += 1
+
+    def usage(self) -> dict[str, float]:
+        """Forward passes since the replica started: their CPU seconds (on the thread that runs them; torch
+        runs on that one thread when Ray gives the replica less than 2 CPUs), images and batches. The
+        serving benchmark tells the model work from the cost of the layout around it with these."""
+        return dict(self.forward)
+
+    async def score(self, prepared: Prepared) -> dict[str, Any]:
+        """P(ai) for an image the Preprocessor prepared, plus the image's header (``image``).
+
+        The ingress passes the Preprocessor's ``DeploymentResponse`` straight in: Serve hands this replica
+        the object-store reference, so the tensors go from the Preprocessor to each model without passing
+        through the ingress. An image that could not be used comes back as ``unprocessable``; a tensor made
+        for another input spec (the model was just swapped) as ``stale_spec``, and the ingress prepares
+        again."""
+        if prepared.error:
+            return {"error": "unprocessable", "detail": prepared.error}
+        if self.loaded is None:
+            return {"error": "not_loaded"}
+        key = self.key
+        tensor = prepared.tensors.get(key)
+        if tensor is None:
+            return {"error": "stale_spec", "spec_key": key}
+        result = await self.infer((key, tensor))
+        return result if "error" in result else {**result, "image": prepared.header()}
+
     async def predict(self, key: str, tensor: np.ndarray) -> dict[str, Any]:
         """P(ai) for one prepared tensor. A tensor made for another input spec (the model was just swapped)
-        is refused with ``stale_spec`` so that the ingress refreshes and prepares again."""
+        is refused with ``stale_spec`` so that the caller prepares again."""
         if self.loaded is None:
             return {"error": "not_loaded"}
         if key != self.key:

@@ -57,6 +57,10 @@ __all__ = ["EnsembleIngress", "app"]
 
 log = logging.getLogger("genart.serve.ingress")
 
+#: How often the ingress describes its models and flushes its metric tallies, off the request path.
+MEMBERS_REFRESH_S = 5.0
+METRICS_FLUSH_S = 1.0
+
 app = FastAPI(
     title="genart",
     version=genart.__version__,
@@ -106,7 +110,9 @@ def _clean_name(name: str | None) -> str | None:
     return cleaned[:255] or None
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+# A request waiting at the ingress costs little (an await; the deadline bounds its wait): 128 leave room for
+# ServeConfig.max_in_flight (96), so that 64 clients at once (make bench-serve's top step) get no 503.
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=128)
 @serve.ingress(app)
 class EnsembleIngress:
     """Fans each image out to every model concurrently and combines them with the evaluation's rule.
@@ -140,7 +146,7 @@ class EnsembleIngress:
         )
         self.migrated = False
         self._members: dict[str, dict[str, Any]] = {}
-        self._members_at = 0.0
+        self._specs: dict[str, dict[str, Any]] = {}
         self._background: set[asyncio.Task] = set()
         self._apply_limits()
         if self.config.ensemble:
@@ -188,7 +194,7 @@ class EnsembleIngress:
             {**self.config.model_dump(), **update}
         ).model_dump(exclude={"models"}))  # fmt: skip
         self._apply_limits()
-        self._members_at = 0.0
+        self._members = {}  # the next request describes the models again
         log.info("ingress reconfigured: rule %s, threshold %s", self.config.rule, self.config.threshold)
 
     def _apply_limits(self) -> None:
@@ -205,10 +211,26 @@ class EnsembleIngress:
     # -- background work ---------------------------------------------------------------------------------
     async def _ensure_started(self) -> None:
         await self.writer.start()
-        if not self.migrated and not any(t.get_name() == "migrate" for t in self._background):
-            task = asyncio.create_task(self._migrate(), name="migrate")
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+        running = {t.get_name() for t in self._background}
+        wanted = {"members": self._keep_members, "metrics": self._flush_metrics}
+        if not self.migrated:
+            wanted["migrate"] = self._migrate
+        for name, work in wanted.items():
+            if name not in running:
+                task = asyncio.create_task(work(), name=name)
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+    async def _flush_metrics(self) -> None:
+        """Hand the request path's tallies to Ray's metrics once a second: a Ray metric record costs the
+        request path tens of microseconds, and a prediction makes about ten of them."""
+        while True:
+            await asyncio.sleep(METRICS_FLUSH_S)
+            self.metrics.store_buffer.set(self.writer.depth)
+            try:
+                self.metrics.flush()
+            except Exception:  # metrics must never take the ingress down
+                log.exception("could not record the metrics")
 
     async def _migrate(self) -> None:
         """Bring the store's schema up to date, retrying while the database is down."""
@@ -238,36 +260,54 @@ class EnsembleIngress:
         save_coverage()
 
     # -- the models --------------------------------------------------------------------------------------
-    async def _member_info(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
-        if refresh or not self._members or time.monotonic() - self._members_at > 5.0:
-            names = list(self.models)
-            described = await asyncio.gather(*(self.models[n].describe.remote() for n in names))
-            self._members = dict(zip(names, described, strict=True))
-            self._members_at = time.monotonic()
-        missing = [n for n, d in self._members.items() if not d.get("loaded")]
-        if missing:
-            raise ServiceUnavailable(f"models not loaded yet: {missing}; set their 'artifact' in user_config")
+    async def _describe_members(self) -> dict[str, dict[str, Any]]:
+        names = list(self.models)
+        described = await asyncio.gather(*(self.models[n].describe.remote() for n in names))
+        self._members = dict(zip(names, described, strict=True))
+        self._specs = {d["spec_key"]: d["input"] for d in self._members.values() if d.get("loaded")}
         return self._members
 
-    async def _score(self, data: bytes) -> tuple[Any, dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    async def _keep_members(self) -> None:
+        """Describe the models every few seconds, off the request path: a request reads what is known, and
+        refreshes it itself only when a model answers that it was swapped (``stale_spec``)."""
+        while True:
+            await asyncio.sleep(MEMBERS_REFRESH_S)
+            try:
+                await self._describe_members()
+            except Exception as exc:  # a model replica restarting: keep what is known, try again later
+                log.warning("could not describe the models: %s", exc)
+
+    async def _member_info(self, refresh: bool = False) -> dict[str, dict[str, Any]]:
+        members = self._members
+        if refresh or not members:
+            members = await self._describe_members()
+        missing = [n for n, d in members.items() if not d.get("loaded")]
+        if missing:
+            if not refresh:  # what is known may be older than the models' loading
+                return await self._member_info(refresh=True)
+            raise ServiceUnavailable(f"models not loaded yet: {missing}; set their 'artifact' in user_config")
+        return members
+
+    async def _score(self, data: bytes) -> tuple[Any, dict[str, dict[str, Any]]]:
+        """Each model's score for ``data``, and the image's header (size, hash, decoding time).
+
+        The Preprocessor's response is handed to the model calls unawaited: Serve passes each model the
+        object-store reference, so the tensors never travel through this replica."""
         for attempt in range(3):
             members = await self._member_info(refresh=attempt > 0)
-            specs = {d["spec_key"]: d["input"] for d in members.values()}
-            prepared = await self.preprocessor.prepare.remote(data, specs)
-            if prepared.error:
-                raise UnprocessableImage(prepared.error)
+            prepared = self.preprocessor.prepare.remote(data, self._specs)
             names = list(members)
-            results = await asyncio.gather(
-                *(
-                    self.models[n].predict.remote(
-                        members[n]["spec_key"], prepared.tensors[members[n]["spec_key"]]
-                    )
-                    for n in names
-                )
-            )
+            results = await asyncio.gather(*(self.models[n].score.remote(prepared) for n in names))
             scores = dict(zip(names, results, strict=True))
-            if not any(r.get("error") == "stale_spec" for r in scores.values()):
-                return prepared, members, scores
+            unusable = next((r for r in results if r.get("error") == "unprocessable"), None)
+            if unusable is not None:
+                raise UnprocessableImage(unusable["detail"])
+            if not any(r.get("error") in ("stale_spec", "not_loaded") for r in results):
+                failed = {n: r for n, r in scores.items() if "error" in r}
+                if failed:
+                    raise ServiceUnavailable(f"a model could not answer: {failed}")
+                header = next(iter(results))["image"]
+                return header, {n: {k: v for k, v in r.items() if k != "image"} for n, r in scores.items()}
             log.info("a model was swapped mid-request; preparing again")
         raise ServiceUnavailable("models are being swapped; retry")
 
@@ -283,9 +323,7 @@ class EnsembleIngress:
 
         await self._ensure_started()
         start = time.perf_counter()
-        prepared, _, scores = await self._score(data)
-        if any("error" in s for s in scores.values()):
-            raise ServiceUnavailable(f"a model could not answer: {scores}")
+        prepared, scores = await self._score(data)
         t0 = time.perf_counter()
         probability, threshold = ensemble_verdict(
             [s["probability"] for s in scores.values()],
@@ -313,17 +351,14 @@ class EnsembleIngress:
         return prediction
 
     def _observe(self, p: Prediction, decode_ms: float, ensemble_ms: float) -> None:
-        m = self.metrics
-        m.predictions.inc(tags={"label": p.label, "model": "ensemble"})
-        m.stage_latency.observe(decode_ms, tags={"stage": "decode"})
-        m.stage_latency.observe(ensemble_ms, tags={"stage": "ensemble"})
-        m.stage_latency.observe(p.latency_ms, tags={"stage": "total"})
+        tally = self.metrics.tally
+        tally.count("predictions", label=p.label, model="ensemble")
+        tally.observe("stage_latency", decode_ms, stage="decode")
+        tally.observe("stage_latency", ensemble_ms, stage="ensemble")
+        tally.observe("stage_latency", p.latency_ms, stage="total")
         for score in p.models:
-            m.predictions.inc(
-                tags={"label": label_for(score.probability, score.threshold), "model": score.name}
-            )
-            m.stage_latency.observe(score.latency_ms, tags={"stage": f"model:{score.name}"})
-        m.store_buffer.set(self.writer.depth)
+            tally.count("predictions", label=label_for(score.probability, score.threshold), model=score.name)
+            tally.observe("stage_latency", score.latency_ms, stage=f"model:{score.name}")
 
     async def _fetch(self, url: str) -> bytes:
         from genart.serve.fetch import fetch_image

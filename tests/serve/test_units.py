@@ -233,3 +233,71 @@ def test_memory_cap_falls_back_to_the_default_in_a_driver(ray_cluster) -> None:
 
     assert memory_cap(12345) == 12345
     test_preprocessor_reports_unhealthy_past_its_memory_cap()
+
+
+def test_a_model_scores_the_preprocessors_result_as_it_scores_its_tensor(tmp_path: Path) -> None:
+    """The ingress hands a model the Preprocessor's whole result (a chained DeploymentResponse) instead of the
+    one tensor it used to pick out and forward: the answers must be the same."""
+    from genart.serve.deployments import ModelDeployment
+    from tests.conftest import untrained_artifact
+
+    artifact = untrained_artifact(tmp_path, "m", "tiny_residual", seed=0, threshold=0.4)
+    model = ModelDeployment.func_or_class("m", str(artifact))
+    batched = ModelDeployment.func_or_class.infer.__wrapped__  # @serve.batch needs a replica: batches of one
+
+    async def infer(item: tuple) -> dict:
+        return (await batched(model, [item]))[0]
+
+    model.infer = infer
+    other = InputSpec(input_size=24, crop_policy="resize").to_dict()  # another model's input, prepared too
+    specs = {model.key: model.loaded.spec.to_dict(), spec_key(other): other}
+
+    async def both(data: bytes) -> tuple[dict, dict]:
+        prepared = prepare_image(data, specs)
+        return await model.score(prepared), await model.predict(model.key, prepared.tensors[model.key])
+
+    for seed in range(3):
+        data = image_bytes((90, 70), seed=seed)
+        chained, direct = asyncio.run(both(data))
+        header = chained.pop("image")
+        assert chained.keys() == direct.keys()
+        assert chained["probability"] == pytest.approx(direct["probability"], abs=1e-6)
+        assert {k: v for k, v in chained.items() if k not in ("probability", "latency_ms")} == {
+            k: v for k, v in direct.items() if k not in ("probability", "latency_ms")
+        }
+        assert (header.width, header.height, header.tensors) == (90, 70, {})
+        assert header.sha256 == prepare_image(data, specs).sha256
+    assert model.usage()["images"] == 6 and model.usage()["cpu_s"] > 0
+
+    unusable = asyncio.run(model.score(prepare_image(b"not an image", specs)))
+    assert unusable["error"] == "unprocessable" and unusable["detail"]
+    stale = asyncio.run(model.score(prepare_image(image_bytes(seed=9), {spec_key(other): other})))
+    assert stale == {"error": "stale_spec", "spec_key": model.key}
+
+
+def test_the_metric_tally_adds_counts_keeps_observations_and_starts_empty_after_a_drain() -> None:
+    from genart.serve.metrics import Tally
+
+    tally = Tally()
+    for label in ("ai", "ai", "nature"):
+        tally.count("predictions", label=label, model="ensemble")
+    tally.observe("stage_latency", 3.0, stage="total")
+    tally.observe("stage_latency", 5.0, stage="total")
+    counts, observed = tally.drain()
+    assert counts == {
+        ("predictions", (("label", "ai"), ("model", "ensemble"))): 2.0,
+        ("predictions", (("label", "nature"), ("model", "ensemble"))): 1.0,
+    }
+    total = (("stage", "total"),)
+    assert observed == [("stage_latency", 3.0, total), ("stage_latency", 5.0, total)]
+    assert tally.drain() == ({}, [])
+
+
+@pytest.mark.parametrize("path", ["serve_config.yaml", "jobs/serve/wild.yaml"])
+def test_the_config_files_give_the_replicas_the_apps_serve_settings(path: str) -> None:
+    import yaml
+
+    from genart.serve.app import SERVE_ENV
+
+    app = yaml.safe_load((Path(__file__).parents[2] / path).read_text())["applications"][0]
+    assert app["runtime_env"]["env_vars"] == SERVE_ENV
