@@ -237,7 +237,7 @@ wild-train: $(VENV)/.installed weights ## clip_b16 (and its variant with the ali
 	$(GENART) train --config jobs/configs/wild-lite0.yaml --data $(WILD)/train.split.parquet --name wild-lite0
 	$(GENART) train --config jobs/configs/wild-residual.yaml --data $(WILD)/train.split.parquet --name wild-residual
 	$(GENART) ensemble --members artifacts/wild-clip artifacts/wild-lite0 artifacts/wild-residual --rule weighted \
-		--data $(WILD)/train.split.parquet --out artifacts/wild-ensemble
+		--max-fpr 0.01 --data $(WILD)/train.split.parquet --out artifacts/wild-ensemble
 
 wild-eval: $(VENV)/.installed ## LOSO with and without aligned fakes, every model on test and real-sample, both baselines, the card
 	$(GENART) evaluate --protocol loso --config jobs/configs/wild-clip.yaml --data $(WILD)/train.split.parquet \
