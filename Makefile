@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install system-packages weights wild wild-data wild-align wild-train wild-eval wild-serve install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve bench-budget real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
+.PHONY: help install system-packages weights wild wild-data wild-align wild-train wild-eval wild-serve install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve bench-budget gpu-check real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -142,8 +142,8 @@ train-job: ## submit the demo training as a Ray job (after `make ray-up`, `make 
 bench: bench-data bench-train bench-serve bench-budget ## every benchmark (data, train, serve, budget) into reports/bench, then reliability.md
 	$(PY) -m genart.bench.report --reports reports
 
-bench-data: $(VENV)/.installed ## Ray Data pipeline vs a PyTorch DataLoader on the same files and transform
-	$(PY) -m genart.bench.data --out reports/bench
+bench-data: $(VENV)/.installed ## Ray Data vs a PyTorch DataLoader, same files, transform and processes: generated and real-train images, repeats interleaved
+	$(PY) -m genart.bench.data --out reports/bench $(if $(wildcard $(REAL_TRAIN)),--real $(REAL_TRAIN))
 
 bench-train: $(VENV)/.installed ## Ray Train with 1 and 2 workers vs a plain PyTorch loop, same model and data
 	$(PY) -m genart.bench.train --out reports/bench
@@ -153,6 +153,9 @@ bench-budget: $(VENV)/.installed ## hostile headers: peak memory and time of pre
 
 bench-serve: $(VENV)/.installed ## Serve vs the in-process ceiling vs plain FastAPI at 96 and 224 px, concurrency 1-64, 3 interleaved repeats; CPU per process, py-spy
 	$(PY) -m genart.bench.serve --out reports/bench --profile
+
+gpu-check: $(VENV)/.installed ## one GPU, under 8 min: nvidia-smi, Ray Train b3 224 px AMP, Serve with num_gpus at 64 clients, the GPU ceiling; without a GPU a dry run
+	$(PY) -m genart.bench.gpu --out reports/bench
 
 # A detector for real images. real-train (DiffusionDB SD 1.x vs COCO/ImageNet photos) split 70/15/15;
 # real-sample (other generators and photos) is the out-of-source check. 26 minutes on 2 cores (fresh clone).

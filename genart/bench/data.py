@@ -1,135 +1,238 @@
 """Data benchmark: the Ray Data pipeline against a PyTorch DataLoader, same files, transform and processes.
 
-Both sides decode and augment the same manifest rows with :mod:`genart.data.transforms`, with the same
-number of processes (Ray tasks of one CPU each on a local Ray of ``--processes`` CPUs; DataLoader workers).
-Each side runs ``--epochs`` passes; the first pass includes start-up, later passes are steady state.
+Two cases: the generated sample data (PNG, cropped to 128 px: about a millisecond of decoding an image) and,
+with ``--real``, the real training images (``../shared/data/real-train``: 512-px JPEG resized to 224 with the
+real recipe's augmentations, ``jobs/configs/real-lite0.yaml``), where decoding is a larger share.
+
+Both sides decode and augment the same manifest rows with :mod:`genart.data.transforms`
+(:class:`~genart.data.pipeline.ManifestDataset` and :func:`~genart.data.pipeline.make_dataset`), with the same
+number of processes (DataLoader workers; Ray Data limited to that many CPUs of one local Ray), and hand their
+consumer the same thing: torch batches of ``image`` and ``target``, as the training loop takes them.
+
+Each side runs ``--epochs`` passes per repeat (the first includes start-up, the later ones are steady state),
+``--repeats`` times, interleaved. The report gives each side's median and spread; the ratio counts as a
+result only when each side's repeats agree within 20% (:func:`genart.bench.common.ratio_verdict`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
-from genart.bench.common import machine, write_results
-from genart.data.index import index_tree, read_manifest
+from genart.bench.common import (
+    generated_manifest,
+    interleave,
+    machine,
+    ratio_verdict,
+    repeat_summary,
+    split_manifest,
+    write_results,
+)
+from genart.config import AugmentConfig, load_config
 from genart.data.pipeline import ManifestDataset, make_dataset, select_rows
-from genart.data.split import assign_splits
-from genart.data.synth import synthesize
 from genart.data.transforms import InputSpec
 
+GOAL = 0.9
+SIDES = ("dataloader", "ray_data")
+NAMES = {"dataloader": "PyTorch DataLoader", "ray_data": "Ray Data"}
 
-def _torch_epochs(
-    rows: pd.DataFrame, spec: InputSpec, processes: int, batch: int, epochs: int
-) -> list[float]:
+
+@dataclass(frozen=True)
+class Case:
+    """One data set to read: its training rows, how they are transformed, and a line saying what it is."""
+
+    name: str
+    rows: pd.DataFrame
+    spec: InputSpec
+    augment: AugmentConfig
+    description: str
+
+
+def _rates(batches: Any, epochs: int, count) -> list[float]:
+    rates = []
+    for _ in range(epochs):
+        start, seen = time.perf_counter(), 0
+        for batch in batches():
+            seen += count(batch)
+        rates.append(seen / (time.perf_counter() - start))
+    return rates
+
+
+def dataloader_rates(case: Case, processes: int, batch: int, epochs: int) -> list[float]:
+    """Images/s of each pass of a PyTorch DataLoader with ``processes`` workers."""
     from torch.utils.data import DataLoader
 
     loader = DataLoader(
-        ManifestDataset(rows, spec, training=True),
+        ManifestDataset(case.rows, case.spec, training=True, augment=case.augment),
         batch_size=batch,
         shuffle=True,
         num_workers=processes,
         persistent_workers=processes > 0,
     )
-    rates = []
-    for _ in range(epochs):
-        start, seen = time.perf_counter(), 0
-        for images, _targets in loader:
-            seen += len(images)
-        rates.append(seen / (time.perf_counter() - start))
-    return rates
+    return _rates(lambda: loader, epochs, lambda b: len(b[1]))
 
 
-def _ray_epochs(
-    rows: pd.DataFrame, spec: InputSpec, processes: int, batch: int, epochs: int, blocks: int | None = None
+def ray_data_rates(
+    case: Case, processes: int, batch: int, epochs: int, blocks: int | None = None
 ) -> list[float]:
-    import ray
+    """Images/s of each pass of the training pipeline's dataset, Ray Data held to ``processes`` CPUs and
+    read the way the train loop reads its shard (torch batches of ``image`` and ``target``)."""
+    import ray.data
+    from ray.data import ExecutionResources
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=processes, include_dashboard=False, log_to_driver=False)
+    ds = make_dataset(case.rows, case.spec, training=True, augment=case.augment, batch_size=batch,
+                      num_blocks=blocks).select_columns(["image", "target"])  # fmt: skip
+    options = ray.data.DataContext.get_current().execution_options
+    before, options.resource_limits = options.resource_limits, ExecutionResources(cpu=processes)
     try:
-        ds = make_dataset(rows, spec, training=True, batch_size=batch, num_cpus=1, num_blocks=blocks)
-        rates = []
-        for _ in range(epochs):
-            start, seen = time.perf_counter(), 0
-            for b in ds.iter_batches(batch_size=batch, batch_format="numpy", prefetch_batches=processes):
-                seen += len(b["target"])
-            rates.append(seen / (time.perf_counter() - start))
-        return rates
+        return _rates(
+            lambda: ds.iter_torch_batches(batch_size=batch, prefetch_batches=processes),
+            epochs,
+            lambda b: len(b["target"]),
+        )
     finally:
-        if started:
-            ray.shutdown()
+        options.resource_limits = before
+
+
+def _repeat(case: Case, args: argparse.Namespace) -> dict[str, list[list[float]]]:
+    runs = {
+        "dataloader": lambda: dataloader_rates(case, args.processes, args.batch_size, args.epochs),
+        "ray_data": lambda: ray_data_rates(case, args.processes, args.batch_size, args.epochs, args.blocks),
+    }
+    return interleave(runs, args.repeats)
+
+
+def _steady(rates: list[float]) -> float:
+    tail = rates[1:] or rates
+    return sum(tail) / len(tail)
+
+
+def summarise(case: Case, epochs: dict[str, list[list[float]]]) -> dict[str, Any]:
+    """Median and spread of each side's steady rate over the repeats, and the ratio's verdict."""
+    out: dict[str, Any] = {"images": len(case.rows), "description": case.description}
+    for side in SIDES:
+        out[side] = {
+            **repeat_summary([_steady(r) for r in epochs[side]]),
+            "first_epoch_median": statistics.median(r[0] for r in epochs[side]),
+            "epochs": epochs[side],
+        }
+    out["ratio"] = ratio_verdict(
+        out["ray_data"], out["dataloader"], GOAL, (NAMES["ray_data"], NAMES["dataloader"])
+    )
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows, ratios = [], []
+    for name, case in results["cases"].items():
+        for side in SIDES:
+            s = case[side]
+            rows.append(
+                f"| {name}: {case['description']} | {NAMES[side]} | {s['first_epoch_median']:.0f} | "
+                f"**{s['median']:.0f}** | {s['min']:.0f}-{s['max']:.0f} | {s['spread']:.0%} |"
+            )
+        ratios.append(f"| {name} | {case['ratio']['text']} |")
+    return "\n".join(
+        [
+            "## Data pipeline: Ray Data vs PyTorch DataLoader",
+            "",
+            f"{results['processes']} processes on each side, batch {results['batch_size']}, "
+            f"{results['epochs']} epochs per repeat (the first includes start-up), {results['repeats']} "
+            f"repeats interleaved; machine: {results['machine']['cpus']} CPUs. Steady img/s: the mean of "
+            "each repeat's later epochs; the median over the repeats, their range, and the spread "
+            "(range / median).",
+            "",
+            "| case | pipeline | first epoch img/s | steady img/s | range | spread |",
+            "|---|---|---:|---:|---|---:|",
+            *rows,
+            "",
+            f"| case | Ray Data / DataLoader, steady medians (goal >= {GOAL}) |",
+            "|---|---|",
+            *ratios,
+            "",
+        ]
+    )
+
+
+def _cases(args: argparse.Namespace, work: Path) -> list[Case]:
+    generated = args.manifest or generated_manifest(work / "generated", args.images_per_class, args.size)
+    cases = [
+        Case(
+            "generated" if args.manifest is None else "manifest",
+            select_rows(generated, "train"),
+            InputSpec(args.size, mean=(0.5,) * 3, std=(0.5,) * 3, crop_policy="crop"),
+            AugmentConfig(),
+            f"{'PNG ' if args.manifest is None else ''}{args.size} px crop, default augmentations",
+        )
+    ]
+    if args.real is not None:
+        recipe = load_config(args.real_config, environ={})
+        size = recipe.model.input_size or 224
+        policy = recipe.model.crop_policy or "resize"
+        cases.append(
+            Case(
+                "real",
+                select_rows(split_manifest(args.real, work / "real"), "train"),
+                InputSpec(size, mean=(0.5,) * 3, std=(0.5,) * 3, crop_policy=policy),
+                recipe.augment,
+                f"{args.real.name}, {policy} to {size} px, {args.real_config.stem}'s augmentations",
+            )
+        )
+    return cases
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--manifest", type=Path, help="a split manifest (default: generate sample data)")
+    parser.add_argument("--manifest", type=Path, help="a split manifest instead of generated sample data")
     parser.add_argument("--images-per-class", type=int, default=60, help="sample data size when generated")
-    parser.add_argument("--size", type=int, default=128, help="input size of the transform")
+    parser.add_argument("--size", type=int, default=128, help="input size of the generated case")
+    parser.add_argument("--real", type=Path, help="a folder of real images to measure too (real-train)")
+    parser.add_argument(
+        "--real-config", type=Path, default=Path("jobs/configs/real-lite0.yaml"),
+        help="the recipe whose input size, crop policy and augmentations the real case uses",
+    )  # fmt: skip
     parser.add_argument("--processes", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=3, help="passes per repeat, the first excluded")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each side, interleaved")
     parser.add_argument("--blocks", type=int, help="Ray Data input blocks (default: make_dataset's choice)")
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    import ray
 
-    with tempfile.TemporaryDirectory() as tmp:
-        manifest = args.manifest
-        if manifest is None:
-            root = Path(tmp) / "sample"
-            synthesize(
-                root, images_per_class=args.images_per_class, size=args.size, formats="match", progress=False
-            )
-            index_tree(root, Path(tmp) / "m.parquet", progress=False)
-            split = assign_splits(read_manifest(Path(tmp) / "m.parquet")).manifest
-            manifest = Path(tmp) / "m.split.parquet"
-            split.to_parquet(manifest)
-        rows = select_rows(manifest, "train")
-        spec = InputSpec(args.size, mean=(0.5,) * 3, std=(0.5,) * 3, crop_policy="crop")
-        torch_rates = _torch_epochs(rows, spec, args.processes, args.batch_size, args.epochs)
-        ray_rates = _ray_epochs(rows, spec, args.processes, args.batch_size, args.epochs, args.blocks)
-
-    steady = slice(1, None) if args.epochs > 1 else slice(None)
-    torch_steady = sum(torch_rates[steady]) / len(torch_rates[steady])
-    ray_steady = sum(ray_rates[steady]) / len(ray_rates[steady])
-    results = {
+    results: dict[str, Any] = {
         "benchmark": "data",
         "machine": machine(),
-        "images": len(rows),
-        "input_size": args.size,
         "processes": args.processes,
         "batch_size": args.batch_size,
-        "torch_dataloader_img_s": torch_rates,
-        "ray_data_img_s": ray_rates,
-        "steady_ratio_ray_over_torch": ray_steady / torch_steady,
-        "first_epoch_ratio_ray_over_torch": ray_rates[0] / torch_rates[0],
-        "goal": ">= 0.9",
+        "epochs": args.epochs,
+        "repeats": args.repeats,
+        "goal": f">= {GOAL}",
+        "cases": {},
     }
-    md = "\n".join(
-        [
-            "## Data pipeline: Ray Data vs PyTorch DataLoader",
-            "",
-            f"{len(rows)} training images, {args.size} px crop + train augmentations, "
-            f"{args.processes} processes, batch {args.batch_size}, {args.epochs} epochs; "
-            f"machine: {results['machine']['cpus']} CPUs.",
-            "",
-            "| pipeline | first epoch img/s | steady img/s |",
-            "|---|---:|---:|",
-            f"| PyTorch DataLoader | {torch_rates[0]:.0f} | {torch_steady:.0f} |",
-            f"| Ray Data | {ray_rates[0]:.0f} | {ray_steady:.0f} |",
-            f"| **ratio Ray / DataLoader** | {results['first_epoch_ratio_ray_over_torch']:.2f} | "
-            f"**{results['steady_ratio_ray_over_torch']:.2f}** (goal >= 0.9) |",
-            "",
-        ]
-    )
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=args.processes, include_dashboard=False, log_to_driver=False)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for case in _cases(args, Path(tmp)):
+                print(f"{case.name}: {len(case.rows)} images, {case.description} ...", flush=True)
+                results["cases"][case.name] = summarise(case, _repeat(case, args))
+    finally:
+        if started:
+            ray.shutdown()
+    md = markdown(results)
     write_results(args.out, "data", results, md)
     print(md)
     return results

@@ -130,8 +130,10 @@ def _bench_row(path: Path) -> dict[str, Any]:
     elif name == "serve" and "serve" in r:
         top = max(r["serve"].values(), key=lambda s: s.get("req_s", 0))
         value = f"Serve {top['req_s']:.1f} req/s (p99 {top['p99_ms']:.0f} ms)"
-    elif name == "data" and "steady_ratio_ray_over_torch" in r:
-        value = f"Ray Data / DataLoader, steady: {r['steady_ratio_ray_over_torch']:.2f}x (goal 0.9)"
+    elif name == "data" and "cases" in r:
+        value = "Ray Data / DataLoader, steady: " + "; ".join(
+            f"{case}: {c['ratio']['text']}" for case, c in r["cases"].items()
+        )
     elif name == "train" and "ratio_2_workers_over_plain" in r:
         value = (f"Ray Train / plain loop: 1 worker {r['ratio_1_worker_over_plain']:.2f}x, "
                  f"2 workers {r['ratio_2_workers_over_plain']:.2f}x")  # fmt: skip

@@ -15,12 +15,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from genart.bench.common import machine, write_results
+from genart.bench.common import generated_manifest, machine, write_results
 from genart.config import load_config
-from genart.data.index import index_tree, read_manifest, write_manifest
 from genart.data.pipeline import ManifestDataset, select_rows
-from genart.data.split import assign_splits
-from genart.data.synth import synthesize
 from genart.models.zoo import build_model
 
 
@@ -110,14 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
     import ray
 
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "sample"
-        synthesize(
-            root, images_per_class=args.images_per_class, size=args.size + 32, formats="match", progress=False
-        )
-        index_tree(root, Path(tmp) / "m.parquet", progress=False)
-        manifest = write_manifest(
-            assign_splits(read_manifest(Path(tmp) / "m.parquet")).manifest, Path(tmp) / "s.parquet"
-        )
+        manifest = generated_manifest(Path(tmp), args.images_per_class, args.size + 32)
         images = len(select_rows(manifest, "train"))
         plain = _plain_loop(manifest, config, args.epochs)
         ray.init(address="local", include_dashboard=False, log_to_driver=False)

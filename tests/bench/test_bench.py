@@ -5,27 +5,28 @@ import pytest
 
 from genart.bench import data as bench_data
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.mark.ray
-def test_data_benchmark_measures_both_pipelines_side_by_side(tmp_path: Path, ray_cluster) -> None:
+def test_data_benchmark_measures_both_pipelines_interleaved_on_generated_and_real_images(
+    tmp_path: Path, tiny_tree: Path, ray_cluster
+) -> None:
     results = bench_data.main(
-        [
-            "--images-per-class",
-            "2",
-            "--size",
-            "48",
-            "--epochs",
-            "2",
-            "--processes",
-            "1",
-            "--out",
-            str(tmp_path),
-        ]
-    )
-    assert len(results["torch_dataloader_img_s"]) == len(results["ray_data_img_s"]) == 2
-    assert results["steady_ratio_ray_over_torch"] > 0
-    assert json.loads((tmp_path / "data.json").read_text())["images"] == results["images"] > 0
-    assert "ratio Ray / DataLoader" in (tmp_path / "data.md").read_text()
+        ["--images-per-class", "2", "--size", "48", "--epochs", "2", "--repeats", "2", "--processes", "1",
+         "--batch-size", "4", "--real", str(tiny_tree), "--real-config",
+         str(ROOT / "jobs/configs/real-lite0.yaml"), "--out", str(tmp_path)]
+    )  # fmt: skip
+    assert list(results["cases"]) == ["generated", "real"]
+    for case in results["cases"].values():
+        for side in ("dataloader", "ray_data"):
+            assert len(case[side]["epochs"]) == 2 and all(len(r) == 2 for r in case[side]["epochs"])
+            assert case[side]["median"] > 0
+        assert case["ratio"]["ratio"] == case["ray_data"]["median"] / case["dataloader"]["median"]
+    assert "resize to 224 px" in results["cases"]["real"]["description"]
+    assert json.loads((tmp_path / "data.json").read_text())["cases"]["real"]["images"] > 0
+    report = (tmp_path / "data.md").read_text()
+    assert "Ray Data / DataLoader, steady medians" in report and "| real |" in report
 
 
 def test_serve_benchmark_ceiling_and_plain_app_run_the_same_models(tmp_path: Path) -> None:
