@@ -221,6 +221,10 @@ def ceiling_step(plan: Plan, artifacts: dict[str, Path], device: str) -> dict[st
 
 
 # -- the report ---------------------------------------------------------------------------------------------
+def _steady_epochs(epochs: int) -> str:
+    return "epoch 2" if epochs == 2 else f"median of epochs 2-{epochs}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     t, s, c = results["train"], results["serve"], results["ceiling"]
     dry = results["dry_run"]
@@ -232,7 +236,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"| GPU | `nvidia-smi` | {results['gpu']} |",
         f"| Ray Train, 1 {'CPU' if dry else 'GPU'} worker | {t['model']} at {t['input_size']} px, batch "
         f"{t['batch_size']}, mixed precision {t['mixed_precision']}, {t['images']} generated images | "
-        f"**{t['img_s']:.1f} img/s** (median of epochs 2-{len(t['epochs_img_s'])}) |",
+        f"**{t['img_s']:.1f} img/s** ({_steady_epochs(len(t['epochs_img_s']))}) |",
         f"| Ray Serve over HTTP | {' + '.join(MODELS)} at {results['serve_size']} px, num_gpus "
         f"{s['num_gpus_per_model']:g} per model deployment, concurrency {s['concurrency']}, {s['requests']} "
         f"requests ({s['ok']} ok) | **{s['req_s']:.1f} req/s**, p50 {s['p50_ms']:.0f} ms, p99 "

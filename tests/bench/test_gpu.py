@@ -82,3 +82,25 @@ def test_gpu_check_dry_run_runs_every_step_and_writes_its_table(
     assert not (tmp_path / "gpu.md").exists()
     if not torch.cuda.is_available():
         assert "No GPU here" in capsys.readouterr().out
+
+
+def test_the_table_of_a_gpu_run_names_every_step_and_the_budget() -> None:
+    results = {
+        "dry_run": False, "gpu": "NVIDIA H200, 139 GiB, CUDA 13.0", "serve_size": 224, "total_s": 500.0,
+        "seconds": {"train": 200.0, "serve": 250.0, "ceiling": 50.0},
+        "train": {"model": "efficientnet_b3", "input_size": 224, "batch_size": 64, "images": 1833,
+                  "mixed_precision": "bf16", "epochs_img_s": [300.0, 900.0, 1000.0, 950.0], "img_s": 950.0},
+        "serve": {"num_gpus_per_model": 0.5, "concurrency": 64, "requests": 1920, "ok": 1920, "req_s": 400.0,
+                  "p50_ms": 150.0, "p99_ms": 300.0},
+        "ceiling": {"device": "cuda", "batch": 64, "img_s": 4000.0},
+    }  # fmt: skip
+    table = gpu.markdown(results)
+    assert table.startswith("## GPU check\n") and "dry run" not in table
+    assert "| Ray Train, 1 GPU worker | efficientnet_b3 at 224 px, batch 64, mixed precision bf16" in table
+    assert "**950.0 img/s** (median of epochs 2-4)" in table
+    assert "num_gpus 0.5 per model deployment, concurrency 64, 1920 requests (1920 ok)" in table
+    assert "| Serve / ceiling | | 0.10 |" in table and "budget 480 s: OVER" in table
+    dry = gpu.markdown(
+        {**results, "dry_run": True, "train": {**results["train"], "epochs_img_s": [1.0, 2.0]}}
+    )
+    assert "(dry run: no GPU, tiny sizes on the CPU, not a measurement)" in dry and "(epoch 2)" in dry
