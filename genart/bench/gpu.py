@@ -5,7 +5,8 @@
    efficientnet_b3 recipe (``jobs/configs/efficientnet_b3.yaml``) without pretrained weights, which speed
    does not depend on. Images/s of the epochs after the first.
 3. Serve: the genart app from ``serve_config.yaml`` with ``num_gpus`` on each model deployment, serving
-   lite0 + residual at 224 px (untrained), driven over HTTP at concurrency 64: req/s, p50, p99.
+   lite0 + residual at 224 px with the real recipe's input policies (untrained), driven over HTTP at
+   concurrency 64: req/s, p50, p99.
 4. The in-process GPU ceiling on the same models: the replicas' own forward code
    (``LoadedModel.predict_proba``) on batches of prepared tensors, in this process: no decoding, no hops.
 
@@ -44,6 +45,8 @@ __all__ = ["Plan", "gpu_status", "main", "serve_config", "train_config"]
 #: The whole check must fit in this on a single GPU.
 BUDGET_S = 480
 MODELS = ("lite0", "residual")
+#: The real recipe's input policies of those two (jobs/configs/real-lite0.yaml, real-residual.yaml).
+RECIPE_POLICIES = ("resize", "crop")
 
 
 @dataclass(frozen=True)
@@ -153,7 +156,8 @@ def serve_config(
     config = yaml.safe_load(base.read_text())
     config["http_options"]["port"] = port
     (app,) = config["applications"]
-    app["runtime_env"] = {"env_vars": env}
+    runtime_env = app.get("runtime_env") or {}
+    app["runtime_env"] = {**runtime_env, "env_vars": {**(runtime_env.get("env_vars") or {}), **env}}
     app["args"]["models"] = [{"name": name} for name in artifacts]
     deployments = {d["name"]: d for d in app["deployments"]}
     missing = sorted(set(artifacts) - set(deployments))
@@ -303,7 +307,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             train = _timed(seconds, "train", lambda: train_step(plan, args.recipe, work / "train"))
-            artifacts = dict(zip(MODELS, bench_artifacts(work / "models", plan.serve_size), strict=True))
+            models = bench_artifacts(work / "models", plan.serve_size, RECIPE_POLICIES)
+            artifacts = dict(zip(MODELS, models, strict=True))
             serve = _timed(
                 seconds, "serve",
                 lambda: serve_step(plan, artifacts, args.serve_config, dashboard_port, work / "serve"),

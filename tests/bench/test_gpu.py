@@ -34,7 +34,8 @@ def test_serve_config_gives_every_model_deployment_its_artefact_and_gpu_share(
     deployments = {d["name"]: d for d in app["deployments"]}
     assert config["http_options"] == {**config["http_options"], "host": "127.0.0.1", "port": 8123}
     assert app["args"]["models"] == [{"name": "lite0"}, {"name": "residual"}]
-    assert app["runtime_env"] == {"env_vars": {"GENART_API_KEY": ""}}
+    env = app["runtime_env"]["env_vars"]
+    assert env["GENART_API_KEY"] == "" and env["RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD"] == "0"  # kept
     assert deployments["EnsembleIngress"]["user_config"]["ensemble"] is None
     for name, path in artifacts.items():
         options = deployments[name]["ray_actor_options"]
