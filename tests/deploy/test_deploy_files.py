@@ -148,9 +148,59 @@ def test_compose_mlflow_and_genart_use_separate_databases(compose):
     assert services["ray-head"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
 
 
+def _compose_command() -> list[str] | None:
+    """`docker compose` where Docker's plugin answers, else podman-compose (a dev extra) with podman."""
+    docker = shutil.which("docker")
+    plugin = docker and subprocess.run([docker, "compose", "version"], capture_output=True, check=False)
+    if plugin and plugin.returncode == 0:
+        return [docker, "compose"]
+    venv = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    podman_compose = shutil.which("podman-compose", path=venv)
+    if podman_compose and shutil.which("podman"):
+        return [podman_compose]
+    return None
+
+
+COMPOSE = _compose_command()
+needs_compose = pytest.mark.skipif(
+    COMPOSE is None, reason="neither `docker compose` nor podman with podman-compose is installed"
+)
+
+
+def _compose_config(tmp_path: Path, env_file: str) -> subprocess.CompletedProcess:
+    """`config` of the compose file with these variables only (none from this process' environment)."""
+    env = tmp_path / "compose.env"
+    env.write_text(env_file)
+    names = {
+        line.split("=", 1)[0] for line in (DOCKER / ".env.sample").read_text().splitlines() if "=" in line
+    }
+    return subprocess.run(
+        [*COMPOSE, "--env-file", str(env), "-f", str(DOCKER / "docker-compose.yml"), "config"],
+        capture_output=True, text=True, check=False, cwd=tmp_path,
+        env={k: v for k, v in os.environ.items() if k not in names},
+    )  # fmt: skip
+
+
+@needs_compose
+def test_compose_file_passes_compose_config(tmp_path):
+    """The compose implementation itself interpolates, merges the x-genart-image anchor and validates."""
+    result = _compose_config(tmp_path, "POSTGRES_PASSWORD=pw\nGF_ADMIN_PASSWORD=pw\nGENART_TAG=test\n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    merged = yaml.safe_load(result.stdout)
+    assert merged["services"]["ray-head"]["image"] == "genart:test"
+    assert merged["services"]["ui"]["image"] == "genart:test"
+    assert "pw@postgres:5432/genart" in merged["services"]["ray-head"]["environment"]["DATABASE_URL"]
+
+
+@needs_compose
+def test_compose_config_refuses_a_missing_password(tmp_path):
+    result = _compose_config(tmp_path, "GF_ADMIN_PASSWORD=pw\n")
+    assert result.returncode != 0 and "POSTGRES_PASSWORD" in result.stdout + result.stderr
+
+
 def test_compose_ui_talks_to_the_ray_head(compose):
     ui = compose["services"]["ui"]
-    assert ui["command"] == ["genart", "ui", "--api", "http://ray-head:8000"]
+    assert ui["command"] == ["genart", "ui", "--api", "http://ray-head:8000", "--host", "0.0.0.0"]
     assert any(p.endswith(":8501") for p in ui["ports"])
 
 
@@ -231,6 +281,22 @@ def test_requirements_helper_prints_exactly_pyprojects_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert out == project["dependencies"]
     assert "torch==2.14.1" in out and "torchvision==0.29.1" in out
+
+
+def test_requirements_helper_replaces_pins_by_name_and_refuses_unknown_ones():
+    helper = [sys.executable, str(DOCKER / "requirements_from_pyproject.py"), str(ROOT / "pyproject.toml")]
+    out = subprocess.run(
+        [*helper, "ui", "torch==2.13.0+cpu", "TorchVision==0.28.0"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert len(out) == len(project["dependencies"]) + len(project["optional-dependencies"]["ui"])
+    assert "torch==2.13.0+cpu" in out and "TorchVision==0.28.0" in out
+    assert not {"torch==2.14.1", "torchvision==0.29.1"} & set(out)
+    refused = subprocess.run([*helper, "", "tensorflow==2.20"], capture_output=True, text=True, check=False)
+    assert refused.returncode != 0 and "tensorflow" in refused.stderr
 
 
 def test_dockerignore_keeps_what_the_dockerfile_copies(dockerfile):
