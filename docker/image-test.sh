@@ -133,8 +133,9 @@ request_id="$(python3 -c 'import json, sys; a = json.loads(sys.argv[1]); assert 
 
 row_query="SELECT request_id, label, round(probability::numeric, 4), source FROM predictions WHERE request_id = '${request_id}'"
 row() { run exec "${prefix}-postgres" psql -U genart -d genart -tAc "${row_query}"; }
+has_row() { [[ -n "$(row)" ]]; }
 started=${SECONDS}
-wait_for 60 "the prediction's row in PostgreSQL" test -n "$(row)"
+wait_for 60 "the prediction's row in PostgreSQL" has_row
 say "PostgreSQL predictions row: $(row)"
 
 # Every process in the container, and the HTTP proxy and replicas among them, as (uid, command).
