@@ -108,7 +108,7 @@ def _fuzz_row(path: Path) -> dict[str, Any]:
 
 def _ratio(r: dict[str, Any]) -> str:
     """A serving ratio as the benchmark judged it: a figure only when its repeats agreed."""
-    return f"{r['value']:.2f}x" if r.get("result") else "no result (repeats disagree) for"
+    return f"{r['ratio']:.2f}x" if r.get("result") else "no result (repeats disagree) for"
 
 
 def _bench_row(path: Path) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from genart.bench.common import machine, write_results
+from genart.bench.common import AGREEMENT, machine, ratio_verdict, repeat_summary, write_results
 from genart.bench.harness import (
     ServeApp,
     bench_artifacts,
@@ -53,7 +53,6 @@ from genart.bench.harness import (
 )
 
 __all__ = [
-    "AGREEMENT",
     "CONCURRENCY",
     "PAIRS",
     "InProcess",
@@ -62,15 +61,11 @@ __all__ = [
     "hottest_functions",
     "main",
     "plain_app",
-    "ratio",
     "serve_processes",
-    "spread",
-    "summarise",
 ]
 
 CONCURRENCY = (1, 4, 16, 64)
 CPU_AT = 16  # the concurrency at which CPU per process is read
-AGREEMENT = 0.20  # repeats further apart than this (spread) make a figure "not a result"
 GOALS = {"ceiling": 0.8, "plain": 1.2, "layout_cpu_ms": 12.0}
 
 PROFILE_HEADER = ["### py-spy: hottest functions per Serve process (share of samples, waiting included)", ""]
@@ -92,60 +87,6 @@ PAIRS = {
     96: Pair(96, ("crop", "crop"), 160, "PNG", "the demo's pair (centre crops)"),
     224: Pair(224, ("resize", "crop"), 512, "JPEG", "the real recipe's pair (lite0 resized, residual crop)"),
 }
-
-
-# -- the figures: pure, what the tests cover ---------------------------------------------------------------
-def spread(values: list[float]) -> float:
-    """(max - min) / median of the repeats: 0 for one value or all equal; inf when the median is 0."""
-    if len(values) < 2:
-        return 0.0
-    median = float(np.median(values))
-    if median == 0:
-        return 0.0 if max(values) == min(values) else float("inf")
-    return (max(values) - min(values)) / median
-
-
-def summarise(values: list[float], agreement: float = AGREEMENT) -> dict[str, Any]:
-    """Median, range and spread of one configuration's repeats; ``agree`` is False past ``agreement``."""
-    s = spread(values)
-    return {
-        "median": float(np.median(values)) if values else None,
-        "min": min(values, default=None),
-        "max": max(values, default=None),
-        "spread": s,
-        "repeats": list(values),
-        "agree": bool(values) and s <= agreement,
-    }
-
-
-def ratio(
-    numerator: dict[str, Any], denominator: dict[str, Any], goal: float | None = None
-) -> dict[str, Any]:
-    """``numerator`` median over ``denominator`` median, a result only when both sides' repeats agree."""
-    value = (
-        numerator["median"] / denominator["median"]
-        if numerator["median"] is not None and denominator["median"]
-        else None
-    )
-    result = numerator["agree"] and denominator["agree"] and value is not None
-    out: dict[str, Any] = {"value": value, "result": result, "goal": goal}
-    if goal is not None:
-        out["met"] = bool(result and value >= goal)
-    if not result:
-        out["why"] = (
-            f"repeats disagree: spread {numerator['spread']:.0%} and {denominator['spread']:.0%} "
-            f"(more than {AGREEMENT:.0%} is not a result)"
-        )
-    return out
-
-
-def ratio_text(r: dict[str, Any]) -> str:
-    """How a ratio reads in the report: the figure and whether it met its goal, or why it is no result."""
-    if not r["result"]:
-        shown = "-" if r["value"] is None else f"{r['value']:.2f}"
-        return f"not a result ({r['why']}; the medians give {shown})"
-    goal = f" (goal {r['goal']}: {'met' if r['met'] else 'not met'})" if r.get("goal") is not None else ""
-    return f"**{r['value']:.2f}**{goal}"
 
 
 # -- the three servers -------------------------------------------------------------------------------------
@@ -404,7 +345,7 @@ def _summarise_runs(runs: list[dict[int, dict[str, Any]]]) -> dict[int, dict[str
     for c in CONCURRENCY:
         steps = [run[c] for run in runs]
         table[c] = {
-            "req_s": summarise([s["req_s"] for s in steps]),
+            "req_s": repeat_summary([s["req_s"] for s in steps]),
             "p50_ms": float(np.median([s["p50_ms"] for s in steps if s["p50_ms"] is not None] or [np.nan])),
             "p99_ms": float(np.median([s["p99_ms"] for s in steps if s["p99_ms"] is not None] or [np.nan])),
             "errors": sum(s["requests"] - s["ok"] for s in steps),
@@ -454,12 +395,12 @@ def bench_pair(pair: Pair, repeats: int, base: int, root: Path, profile_dir: Pat
     served, plained, ceiling_summary = (
         _summarise_runs(serve_runs),
         _summarise_runs(plain_runs),
-        summarise(ceilings),
+        repeat_summary(ceilings),
     )
     cpu = _median_cpu(serve_runs)
     forward = float(np.median([run[CPU_AT]["forward_cpu_ms_per_request"] for run in serve_runs]))
     preprocess = float(np.median([run[CPU_AT]["preprocess_cpu_ms_per_request"] for run in serve_runs]))
-    layouts = summarise(
+    layouts = repeat_summary(
         [
             layout_cpu(run[CPU_AT]["cpu_ms_per_request"], run[CPU_AT]["forward_cpu_ms_per_request"])
             for run in serve_runs
@@ -485,8 +426,12 @@ def bench_pair(pair: Pair, repeats: int, base: int, root: Path, profile_dir: Pat
         "serve_overhead_cpu_ms_per_request": layouts["median"] - preprocess,
         "layout_cpu_ms_per_request": layouts["median"],
         "layout_cpu_ms_repeats": layouts,
-        "ratio_serve16_over_ceiling": ratio(served[16]["req_s"], ceiling_summary, GOALS["ceiling"]),
-        "ratio_serve16_over_plain16": ratio(served[16]["req_s"], plained[16]["req_s"], GOALS["plain"]),
+        "ratio_serve16_over_ceiling": ratio_verdict(
+            served[16]["req_s"], ceiling_summary, GOALS["ceiling"], ("Serve", "ceiling")
+        ),
+        "ratio_serve16_over_plain16": ratio_verdict(
+            served[16]["req_s"], plained[16]["req_s"], GOALS["plain"], ("Serve", "plain FastAPI")
+        ),
     }
 
 
@@ -519,8 +464,8 @@ def _pair_md(p: dict[str, Any]) -> list[str]:
         "|---|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        f"- Serve at {CPU_AT} / in-process ceiling: {ratio_text(p['ratio_serve16_over_ceiling'])}",
-        f"- Serve at {CPU_AT} / plain FastAPI at {CPU_AT}: {ratio_text(p['ratio_serve16_over_plain16'])}",
+        f"- Serve at {CPU_AT} / in-process ceiling: {p['ratio_serve16_over_ceiling']['text']}",
+        f"- Serve at {CPU_AT} / plain FastAPI at {CPU_AT}: {p['ratio_serve16_over_plain16']['text']}",
         "",
     ]
 
@@ -596,7 +541,7 @@ def markdown(results: dict[str, Any]) -> str:
             verdict += f"; but the repeats disagree, spread {repeats['spread']:.0%}: not a result"
         lines.append(
             f"- {size} px: the layout costs **{layout:.1f} ms** per request (repeats "
-            f"{', '.join(f'{v:.1f}' for v in repeats['repeats'])}; goal <= {GOALS['layout_cpu_ms']:.0f} ms: "
+            f"{', '.join(f'{v:.1f}' for v in repeats['values'])}; goal <= {GOALS['layout_cpu_ms']:.0f} ms: "
             f"{verdict})"
         )
     lines.append("")
