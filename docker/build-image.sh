@@ -51,24 +51,32 @@ for word in ${config//[\'=]/ } ${PIP_FIND_LINKS:-}; do
 done
 
 # torch: CPU builds of pyproject's pins from TORCH_INDEX_URL; where that index is out of reach, the newest CPU
-# build in a local wheel folder (its torchvision: the release made with it, minor + 15), said loudly; else
-# pyproject's PyPI wheels with their CUDA libraries (a 7.5 GB image, and about 25 GB of disk while building).
+# torch in a local wheel folder with its CPU torchvision (the release made with it, minor + 15), said loudly;
+# else pyproject's PyPI wheels with their CUDA libraries (a 7.5 GB image, about 25 GB of disk while building).
 torch_pins="${TORCH_PINS:-}"
 if [[ -n "${torch_index}" ]] && ! curl -fsS -o /dev/null --max-time 20 "${torch_index%/}/torch/" 2> /dev/null; then
   echo "make image: ${torch_index} is unreachable"
   torch_index=""
   wheel=""
+  vision=""
   if [[ "${engine}" == podman && ${#pip_folders[@]} -gt 0 ]]; then  # only podman's build sees these folders
     wheel="$(find "${pip_folders[@]}" -maxdepth 2 -name 'torch-*+cpu-cp311-*.whl' | sort -V | tail -1)"
   fi
-  if [[ -z "${torch_pins}" && -n "${wheel}" ]]; then
+  if [[ -n "${wheel}" ]]; then
     version="$(basename "${wheel}" | cut -d- -f2)"
     IFS=. read -r _ minor patch <<< "${version%+cpu}"
-    torch_pins="torch==${version} torchvision==0.$((minor + 15)).${patch}"
+    # A CUDA torchvision does not import on a CPU torch ("operator torchvision::nms does not exist"): only a
+    # CPU torchvision of the matching release (minor + 15) will do.
+    vision="$(find "${pip_folders[@]}" -maxdepth 2 -name "torchvision-0.$((minor + 15)).${patch}+cpu-cp311-*.whl" \
+      | head -1)"
+  fi
+  if [[ -z "${torch_pins}" && -n "${vision}" ]]; then
+    torch_pins="torch==${version} torchvision==0.$((minor + 15)).${patch}+cpu"
     pinned="$(python3 docker/requirements_from_pyproject.py pyproject.toml | grep -E '^torch(vision)?==' | xargs)"
     echo "make image: NOTE: no CPU build of ${pinned} within reach; the image gets ${torch_pins} instead" \
-      "(${wheel}; torchvision's C++ operators are left unloaded, genart uses only its transforms)"
+      "(${wheel}, ${vision})"
   elif [[ -z "${torch_pins}" ]]; then
+    if [[ -n "${wheel}" ]]; then echo "make image: ${wheel} has no CPU torchvision to go with it"; fi
     echo "make image: NOTE: torch comes from pyproject's PyPI wheel, with its CUDA libraries (about 4 GB more)"
   fi
 fi
