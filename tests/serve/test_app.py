@@ -206,15 +206,17 @@ def test_feedback_is_stored_with_the_prediction_and_unknown_ids_get_404(live: Li
 def test_prometheus_metrics_count_predictions_and_stage_latency(live: Live) -> None:
     with live.client() as client:
         assert client.post("/predict", **_upload(image_bytes(seed=40))).status_code == 200
+    # The ingress hands its tallies to Ray's metrics once a second and Ray exports them on its own period, so
+    # a metric's name can be scraped before its series: wait for the series themselves.
+    wanted = ('model="ensemble"', "ray_genart_predictions_total", 'stage="decode"', 'stage="model:detector"')
     deadline = time.monotonic() + 60
     text_ = ""
     while time.monotonic() < deadline:
         text_ = httpx.get(live.metrics, timeout=10).text
-        if "ray_genart_predictions_total" in text_ and "ray_genart_stage_latency_ms" in text_:
+        if all(w in text_ for w in wanted):
             break
         time.sleep(2)
-    assert 'model="ensemble"' in text_ and "ray_genart_predictions_total" in text_
-    assert 'stage="decode"' in text_ and 'stage="model:detector"' in text_
+    assert [w for w in wanted if w not in text_] == []
 
 
 # -- operations ----------------------------------------------------------------------------------------------
