@@ -115,6 +115,8 @@ def save_artifact(model: nn.Module, meta: ArtifactMeta, path: str | Path) -> Pat
     module = getattr(model, "module", model)  # unwrap DistributedDataParallel
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     save_file(state, str(path / WEIGHTS_FILE))
+    # safetensors writes 0600: make it readable like genart.json, so a container's non-root user can serve it
+    (path / WEIGHTS_FILE).chmod(0o644)
     (path / META_FILE).write_text(meta.model_dump_json(indent=2))
     return path
 

@@ -41,6 +41,7 @@ def test_every_zoo_model_builds_runs_and_round_trips_through_an_artefact(name: s
         name=name, timm_id=entry.timm_id, residual=entry.residual, input=spec.to_dict(), threshold=0.4
     )
     save_artifact(model, meta, tmp_path / name)
+    assert (tmp_path / name / "model.safetensors").stat().st_mode & 0o044 == 0o044  # others may read it
     loaded = load_artifact(tmp_path / name)
     assert loaded.spec == spec and loaded.meta.threshold == 0.4
     with torch.inference_mode():
