@@ -20,7 +20,7 @@ MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
 
-.PHONY: help install system-packages weights wild wild-data wild-align wild-train wild-eval wild-serve install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve bench-budget gpu-check real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image image-test demo-artifacts stack-up clean tune run_api serve-down \
+.PHONY: help install system-packages weights wild wild-data wild-align wild-aligned wild-train wild-eval wild-serve install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve bench-budget gpu-check real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image image-test demo-artifacts stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
 
 help: ## list the targets
@@ -217,7 +217,7 @@ TAEF2       ?= ../shared/weights/taef2
 WILD        := data/wild-run
 WILD_EVAL   := reports/wild/eval
 
-wild: wild-data wild-align wild-train wild-eval ## the wild recipe: data, aligned fakes, clip_b16 + lite0 + residual + ensemble, LOSO, real-sample, card
+wild: wild-data wild-train wild-eval ## the wild recipe: data, clip_b16 + lite0 + residual + ensemble, LOSO, real-sample, card
 
 $(WILD_IMAGES)/.materialized:
 	@test -n "$(WILD_MIRROR)" || { echo "no $(WILD_IMAGES): fetch the repositories $(WILD_TRAIN)/manifest.csv names (the search tool's fetch) and run make wild-data WILD_MIRROR=<the folder fetch reports>"; exit 2; }
@@ -235,21 +235,27 @@ wild-align: $(VENV)/.installed ## TAEF2 reconstructions of a fifth of each sourc
 	$(GENART) data align $(WILD)/train.split.parquet --out $(WILD)/aligned --weights $(TAEF2) \
 		--manifest-out $(WILD)/train.aligned.parquet
 
-wild-train: $(VENV)/.installed weights ## clip_b16 (and its variant with the aligned fakes), lite0, residual, the weighted ensemble
+# The content-aligned fakes, compared (not in `make wild`: they lowered every held-out photo source in LOSO, so the
+# issue's rule keeps them out of the recipe; about 40 more minutes here, most of it TAEF2 on 2 cores)
+wild-aligned: wild-align ## clip_b16 with the aligned fakes: trained, LOSO, test and real-sample, beside wild-clip
+	$(GENART) train --config jobs/configs/wild-clip.yaml --data $(WILD)/train.aligned.parquet --name wild-clip-aligned
+	$(GENART) evaluate --protocol loso --config jobs/configs/wild-clip.yaml --data $(WILD)/train.aligned.parquet \
+		--out reports/wild/loso/clip-aligned --record-in artifacts/wild-clip-aligned
+	$(GENART) evaluate artifacts/wild-clip-aligned --data $(WILD)/train.split.parquet --out $(WILD_EVAL)/wild-clip-aligned-test
+	$(GENART) evaluate artifacts/wild-clip-aligned --data $(WILD)/sample.parquet --out $(WILD_EVAL)/wild-clip-aligned-sample
+
+wild-train: $(VENV)/.installed weights ## clip_b16, lite0, residual, the weighted ensemble
 	@$(GENART) serve down > /dev/null 2>&1 || true
 	$(GENART) train --config jobs/configs/wild-clip.yaml --data $(WILD)/train.split.parquet --name wild-clip
-	$(GENART) train --config jobs/configs/wild-clip.yaml --data $(WILD)/train.aligned.parquet --name wild-clip-aligned
 	$(GENART) train --config jobs/configs/wild-lite0.yaml --data $(WILD)/train.split.parquet --name wild-lite0
 	$(GENART) train --config jobs/configs/wild-residual.yaml --data $(WILD)/train.split.parquet --name wild-residual
 	$(GENART) ensemble --members artifacts/wild-clip artifacts/wild-lite0 artifacts/wild-residual --rule weighted \
 		--max-fpr 0.01 --data $(WILD)/train.split.parquet --out artifacts/wild-ensemble
 
-wild-eval: $(VENV)/.installed ## LOSO with and without aligned fakes, every model on test and real-sample, both baselines, the card
+wild-eval: $(VENV)/.installed ## LOSO, every model on test and real-sample, both baselines, the card
 	$(GENART) evaluate --protocol loso --config jobs/configs/wild-clip.yaml --data $(WILD)/train.split.parquet \
 		--out reports/wild/loso/clip --record-in artifacts/wild-clip
-	$(GENART) evaluate --protocol loso --config jobs/configs/wild-clip.yaml --data $(WILD)/train.aligned.parquet \
-		--out reports/wild/loso/clip-aligned --record-in artifacts/wild-clip-aligned
-	for m in wild-clip wild-clip-aligned wild-lite0 wild-residual wild-ensemble; do \
+	for m in wild-clip wild-lite0 wild-residual wild-ensemble; do \
 		$(GENART) evaluate artifacts/$$m --data $(WILD)/train.split.parquet --out $(WILD_EVAL)/$$m-test || exit 1; \
 		$(GENART) evaluate artifacts/$$m --data $(WILD)/sample.parquet --out $(WILD_EVAL)/$$m-sample || exit 1; \
 	done
