@@ -148,8 +148,9 @@ def evaluate_artifact(
     """Evaluate an artefact or an ensemble directory on ``split`` of ``manifest`` and write its report.
 
     ``split`` defaults to test when the manifest has one, else every usable row (an unsplit folder).
-    ``calibrate_on`` refits temperature and threshold on that split first; otherwise the calibration the
-    artefact (or ensemble) recorded is reported. The report goes to ``out``, by default
+    ``calibrate_on`` refits temperature and threshold on that split first, by the rule the artefact was
+    trained with (its ``train.threshold_max_fpr``); otherwise the calibration the artefact (or ensemble)
+    recorded is reported. The report goes to ``out``, by default
     ``reports/eval/<name>-<split>``. ValueError or FileNotFoundError say what to change.
     """
     from genart.data.index import read_manifest
@@ -170,7 +171,10 @@ def evaluate_artifact(
             f"--calibrate-on equals --split ({split}): a threshold fitted on what it scores flatters it"
         )
     if calibrate_on:
-        calibration = calibrate(loaded, select_rows(manifest, calibrate_on, classes=classes), workers=workers)
+        max_fpr = (loaded.meta.train_config.get("train") or {}).get("threshold_max_fpr")
+        calibration = calibrate(
+            loaded, select_rows(manifest, calibrate_on, classes=classes), workers=workers, max_fpr=max_fpr
+        )
         loaded.meta.temperature, loaded.meta.threshold = calibration.temperature, calibration.threshold
     else:
         calibration = recorded_calibration(loaded)

@@ -86,3 +86,22 @@ def test_evaluate_command_fails_clearly(synth_manifest: Path, tiny_artifact: Pat
     assert same.exit_code == 2 and "flatters" in same.output
     bad = runner.invoke(app, ["evaluate", "x", "--data", str(synth_manifest), "--protocol", "magic"])
     assert bad.exit_code == 2 and "unknown protocol" in bad.output
+
+
+def test_calibrate_on_refits_the_threshold_by_the_rule_the_artefact_was_trained_with(
+    synth_manifest: Path, tmp_path: Path
+) -> None:
+    from genart.evaluate.evaluation import evaluate_artifact
+    from tests.conftest import untrained_artifact
+
+    max_fpr = 0.05
+    artifact = untrained_artifact(
+        tmp_path, "tiny", "tiny", seed=0, threshold=0.5, input_size=48,
+        train_config={"train": {"threshold_max_fpr": max_fpr}},
+    )  # fmt: skip
+    val = select_rows(synth_manifest, "val")
+    by_rule = calibrate(load_artifact(artifact), val, max_fpr=max_fpr)
+    youden = calibrate(load_artifact(artifact), val)
+    assert by_rule.threshold != youden.threshold  # else this test could not tell the rules apart
+    result, _ = evaluate_artifact(artifact, synth_manifest, "test", "val", (), tmp_path / "r")
+    assert result.threshold == result.calibration.threshold == by_rule.threshold
