@@ -40,6 +40,7 @@ __all__ = [
     "record_metrics",
     "resolve_uri",
     "save_artifact",
+    "split_fingerprint",
 ]
 
 META_FILE = "genart.json"
@@ -106,6 +107,12 @@ def manifest_fingerprint(rows: pd.DataFrame) -> str:
     cols = [c for c in ("sha256", "split", "label") if c in rows]
     keys = sorted("|".join(str(v) for v in t) for t in rows[cols].itertuples(index=False))
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
+
+
+def split_fingerprint(rows: dict[str, pd.DataFrame]) -> str:
+    """The :func:`manifest_fingerprint` of the rows a model was fitted on, by split (``{"train": ...,
+    "val": ...}``, as :func:`genart.data.pipeline.select_rows` gives them, each marked with its split)."""
+    return manifest_fingerprint(pd.concat([part.assign(split=split) for split, part in rows.items()]))
 
 
 def save_artifact(model: nn.Module, meta: ArtifactMeta, path: str | Path) -> Path:

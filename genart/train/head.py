@@ -95,7 +95,7 @@ def fit_frozen(
 ):
     """Encode (cached), fit the head, then calibrate, evaluate and save like a trained network."""
     from genart.data.index import training_data_summary
-    from genart.models.artifact import ArtifactMeta, LoadedModel, manifest_fingerprint
+    from genart.models.artifact import ArtifactMeta, LoadedModel, split_fingerprint
     from genart.models.clip import CLIP_SPEC
     from genart.train.trainer import finish_artifact, init_ray, model_classes
 
@@ -120,8 +120,7 @@ def fit_frozen(
         timm_id="",
         encoder=detector.encoder.describe(),
         input=CLIP_SPEC.to_dict(),
-        data_fingerprint=manifest_fingerprint(pd.concat([rows["train"], rows["val"]]).assign(
-            split=["train"] * len(rows["train"]) + ["val"] * len(rows["val"]))),
+        data_fingerprint=split_fingerprint(rows),
         generators=sorted(rows["train"]["generator"].unique()),
         trained_on=training_data_summary(manifest, rows["train"]),
         classes=classes,

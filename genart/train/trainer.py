@@ -30,9 +30,9 @@ from genart.models.artifact import (
     ArtifactMeta,
     LoadedModel,
     load_artifact,
-    manifest_fingerprint,
     read_meta,
     save_artifact,
+    split_fingerprint,
 )
 from genart.models.zoo import build_from_config, get_entry
 from genart.tracking import named_run, use_experiment
@@ -88,14 +88,10 @@ def _artifact_meta(
     model, spec = build_from_config(config.model)
     del model
     entry = get_entry(config.model.name)
-    fingerprint = manifest_fingerprint(
-        pd.concat([train_rows, val_rows]).merge(
-            pd.read_parquet(manifest, columns=["path", "split"]), on="path"
-        )
-    )
     meta = ArtifactMeta(
         name=config.model.name, timm_id=entry.timm_id, residual=entry.residual, input=spec.to_dict(),
-        data_fingerprint=fingerprint, generators=sorted(train_rows["generator"].unique()),
+        data_fingerprint=split_fingerprint({"train": train_rows, "val": val_rows}),
+        generators=sorted(train_rows["generator"].unique()),
         trained_on=training_data_summary(manifest, train_rows), classes=classes,
         train_config=config.model_dump(mode="json"),
     )  # fmt: skip
