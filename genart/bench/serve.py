@@ -62,6 +62,7 @@ __all__ = [
     "main",
     "plain_app",
     "serve_processes",
+    "summarise_pair",
 ]
 
 CONCURRENCY = (1, 4, 16, 64)
@@ -392,6 +393,20 @@ def bench_pair(pair: Pair, repeats: int, base: int, root: Path, profile_dir: Pat
                 _stop_profiles(spies)
     finally:
         plain.stop()
+    return summarise_pair(pair, images, ceilings, serve_runs, plain_runs, inproc.batch, inproc.threads)
+
+
+def summarise_pair(
+    pair: Pair,
+    images: list[bytes],
+    ceilings: list[float],
+    serve_runs: list[dict[int, dict[str, Any]]],
+    plain_runs: list[dict[int, dict[str, Any]]],
+    ceiling_batch: int,
+    ceiling_threads: int,
+) -> dict[str, Any]:
+    """One pair's result from its repeats (each a :func:`measure` pass): medians, where the CPU went, and
+    the verdicts on the goals."""
     served, plained, ceiling_summary = (
         _summarise_runs(serve_runs),
         _summarise_runs(plain_runs),
@@ -413,8 +428,8 @@ def bench_pair(pair: Pair, repeats: int, base: int, root: Path, profile_dir: Pat
         "upload": f"{pair.image_size} px {pair.image_format}",
         "upload_bytes_mean": float(np.mean([len(i) for i in images])),
         "in_process_ceiling_img_s": ceiling_summary,
-        "ceiling_batch": inproc.batch,
-        "ceiling_torch_threads": inproc.threads,
+        "ceiling_batch": ceiling_batch,
+        "ceiling_torch_threads": ceiling_threads,
         "serve": served,
         "plain_fastapi": plained,
         "serve_runs": serve_runs,
