@@ -113,10 +113,16 @@ def synth_manifest(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -
     return write_manifest(result.manifest, out / "manifest.split.parquet")
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = (
+        128  # the load tests open 64 connections at once; the default backlog of 5 resets some
+    )
+
+
 @contextmanager
 def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
     """A threaded HTTP server on 127.0.0.1 answering with ``handler`` for the length of the block: its URL."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = _Server(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}"

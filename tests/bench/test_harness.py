@@ -2,35 +2,10 @@
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 from genart.bench.harness import bench_images, drive, free_port, step_summary, wait_http
-from tests.conftest import http_server
-
-
-class _Answer(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:
-        self.rfile.read(int(self.headers.get("content-length", 0)))
-        self.send_response(200 if "ok" in self.path else 503)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("content-length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-@pytest.fixture
-def server() -> Iterator[str]:
-    with http_server(_Answer) as url:
-        yield url
 
 
 def test_drive_sends_exactly_the_requests_asked_for_and_the_summary_counts_them(server: str) -> None:
@@ -59,3 +34,17 @@ def test_wait_http_returns_once_the_server_answers_and_times_out_otherwise(serve
     wait_http(f"{server}/health", timeout_s=5)
     with pytest.raises(TimeoutError, match="never answered"):
         wait_http(f"http://127.0.0.1:{free_port()}/health", timeout_s=1)
+
+
+def test_bench_jpegs_are_deterministic_photo_like_uploads_of_the_asked_side() -> None:
+    from io import BytesIO
+
+    from PIL import Image
+
+    jpegs = bench_images(2, 64, image_format="JPEG")
+    assert jpegs == bench_images(2, 64, image_format="JPEG") and jpegs != bench_images(2, 64, 1, "JPEG")
+    assert jpegs[0] != jpegs[1]
+    for data in jpegs:
+        image = Image.open(BytesIO(data))
+        assert image.format == "JPEG" and image.size == (64, 64)
+    assert len(jpegs[0]) < len(bench_images(1, 64)[0])  # smooth, unlike the PNGs' noise

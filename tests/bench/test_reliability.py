@@ -235,3 +235,11 @@ def test_the_ingress_kill_gets_its_own_row_and_the_budget_bench_its_figure(tmp_p
     assert kill["lost"] is None  # already counted in the chaos row
     assert rows["benchmark: budget"]["value"].startswith("hostile headers: largest preprocessing peak 321 MB")
     assert "**2** (goal 0)" in markdown(list(rows.values()))
+
+
+def test_report_main_writes_reliability_md_beside_the_reports(tmp_path: Path) -> None:
+    from genart.bench.report import main
+
+    _fabricate(tmp_path)
+    out = main(["--reports", str(tmp_path)])
+    assert out == tmp_path / "reliability.md" and out.read_text() == markdown(collect(tmp_path))
