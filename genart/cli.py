@@ -21,11 +21,17 @@ serve_app = typer.Typer(help="Run the Serve ensemble locally: up, status, down."
 db_app = typer.Typer(help="The prediction store's database.", no_args_is_help=True)
 
 
+# Ray Data's console at WARNING (its INFO lines stay in the Ray session's ray-data.log): the workers this
+# process starts inherit the variable.
+QUIET_RAY_DATA = str(Path(__file__).with_name("ray-data-logging.yaml"))
+
+
 @app.callback()
 def _main() -> None:
     # Progress bars are for people at a terminal; in logs (CI, ray job submit, nohup) they are noise.
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("RAY_DATA_LOGGING_CONFIG", QUIET_RAY_DATA)
 
 
 app.add_typer(data_app, name="data")
@@ -276,16 +282,19 @@ def train(
         bool,
         typer.Option(
             "--verbose",
-            help="also print Ray Train's report of every rank and epoch and the step losses (by default one "
-            "line per epoch; the reports are always in the Ray session's logs/train/ files)",
+            help="also print Ray Train's report of every rank and epoch, the step losses and Ray Data's "
+            "dataset lines (by default one line per epoch; both are always in the Ray session's log files)",
         ),
     ] = False,
     overrides: SetOption = None,
 ) -> None:
     """Train a detector with Ray Train, calibrate it on validation, evaluate it on test, save the artefact.
 
-    The terminal shows one line per epoch (rank 0); ``--verbose`` adds Ray Train's own reports."""
+    The terminal shows one line per epoch (rank 0); ``--verbose`` adds Ray Train's and Ray Data's lines."""
     from genart.models.zoo import PretrainedWeightsUnavailable
+
+    if verbose and os.environ.get("RAY_DATA_LOGGING_CONFIG") == QUIET_RAY_DATA:
+        del os.environ["RAY_DATA_LOGGING_CONFIG"]
     from genart.train.trainer import fit
 
     cfg = _config(

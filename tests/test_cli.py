@@ -1,9 +1,11 @@
+import logging
+import os
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from genart.cli import app
+from genart.cli import QUIET_RAY_DATA, app
 
 runner = CliRunner()
 
@@ -56,3 +58,28 @@ def test_train_fails_clearly_without_data_or_with_a_bad_config(tmp_path: Path) -
     assert result.exit_code == 2 and "bad configuration" in result.output
     result = invoke("train", "--data", str(tmp_path / "m.parquet"), "--no-track")
     assert result.exit_code == 2 and "no manifest" in result.output
+
+
+def test_ray_data_console_is_quiet_unless_training_is_verbose(monkeypatch, tmp_path: Path) -> None:
+    from ray.data._internal.logging import configure_logging
+
+    monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG", raising=False)
+    invoke("data", "split", str(tmp_path / "missing.parquet"))  # any command: the callback sets it
+    assert os.environ["RAY_DATA_LOGGING_CONFIG"] == QUIET_RAY_DATA
+    try:
+        configure_logging()  # what every Ray worker does when it imports ray.data, reading the variable
+        logger = logging.getLogger("ray.data")
+        handlers = {handler.name: handler for handler in logger.handlers}
+        assert handlers["console"].level == logging.WARNING  # the terminal: warnings and errors
+        assert "file" in handlers and logger.level == logging.DEBUG  # the session's ray-data.log: everything
+    finally:
+        monkeypatch.delenv("RAY_DATA_LOGGING_CONFIG")
+        configure_logging()  # Ray Data's own default again
+    assert logging.getLogger("ray.data").handlers[-1].level == logging.INFO
+
+    monkeypatch.setenv("RAY_DATA_LOGGING_CONFIG", QUIET_RAY_DATA)
+    invoke("train", "--verbose", "--data", str(tmp_path / "m.parquet"), "--no-track")  # fails: no manifest
+    assert "RAY_DATA_LOGGING_CONFIG" not in os.environ
+    monkeypatch.setenv("RAY_DATA_LOGGING_CONFIG", "mine.yaml")  # a user's own configuration stays
+    invoke("train", "--verbose", "--data", str(tmp_path / "m.parquet"), "--no-track")
+    assert os.environ["RAY_DATA_LOGGING_CONFIG"] == "mine.yaml"
