@@ -57,6 +57,13 @@ class EnsembleSpec(BaseModel):
                 raise ValueError(f"{name} has {len(value)} entries for {len(self.members)} members")
         return self
 
+    def contributing(self) -> list[int]:
+        """The members that can move P(ai): under ``weighted``, those with a positive weight (a fitted weight
+        of 0 leaves a member's scores out of the sum exactly); under the other rules, all of them."""
+        if self.rule != "weighted" or self.weights is None:
+            return list(range(len(self.members)))
+        return [i for i, w in enumerate(self.weights) if w > 0]
+
 
 def combine(
     probs: np.ndarray,
@@ -190,16 +197,24 @@ class LoadedEnsemble:
         )
 
     def predict_rows(self, rows, degrade: str | None = None, **kwargs):
-        """Each member's predictions combined by the ensemble's rule: ``prob``, one ``prob_<member>`` per
-        member, and ``pred_class`` at the ensemble's threshold."""
+        """Each contributing member's predictions combined by the ensemble's rule: ``prob``, one
+        ``prob_<i>_<member>`` per member that ran, and ``pred_class`` at the ensemble's threshold. Members
+        with a fitted weight of 0 are not run (:meth:`EnsembleSpec.contributing`): the result is the same."""
         from genart.models.predict import predict_rows
 
-        preds = [predict_rows(m, rows, degrade=degrade, **kwargs) for m in self.members]
+        active = self.spec.contributing()
+        preds = [predict_rows(self.members[i], rows, degrade=degrade, **kwargs) for i in active]
         out = preds[0].drop(columns=[c for c in preds[0].columns if c.startswith("logit_")])
         probs = np.stack([p["prob"].to_numpy() for p in preds])
-        for i, member in enumerate(self.members):
-            out[f"prob_{i}_{member.meta.name}"] = probs[i]
-        out["prob"] = combine(probs, self.spec.rule, self.spec.weights, self.spec.member_thresholds)
+        for row, i in enumerate(active):
+            out[f"prob_{i}_{self.members[i].meta.name}"] = probs[row]
+
+        def pick(values: list[float] | None) -> list[float] | None:
+            return None if values is None else [values[i] for i in active]
+
+        out["prob"] = combine(
+            probs, self.spec.rule, pick(self.spec.weights), pick(self.spec.member_thresholds)
+        )
         out["pred_class"] = label_for(out["prob"].to_numpy(), self.meta.threshold)
         return out
 

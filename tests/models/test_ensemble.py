@@ -76,3 +76,46 @@ def test_default_threshold_averages_member_thresholds_like_their_probabilities()
 def test_member_names_number_only_the_repeated_names() -> None:
     assert member_names(["tiny", "residual", "tiny"]) == ["tiny#0", "residual", "tiny#2"]
     assert member_names(["a", "b"]) == ["a", "b"]
+
+
+def test_a_weighted_ensemble_runs_only_members_with_weight(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    import pandas as pd
+
+    import genart.models.predict
+    from genart.models.ensemble import LoadedEnsemble
+
+    scores = {"clip": [0.9, 0.2, 0.7], "lite0": [0.6, 0.4, 0.5], "residual": [0.5, 0.5, 0.5]}
+    ran: list[str] = []
+
+    def fake_predict_rows(model, rows, degrade=None, **kwargs):
+        ran.append(model.meta.name)
+        return pd.DataFrame({"path": rows["path"], "prob": scores[model.meta.name], "logit_0": 0.0})
+
+    monkeypatch.setattr(genart.models.predict, "predict_rows", fake_predict_rows)
+    members = [
+        types.SimpleNamespace(meta=types.SimpleNamespace(name=n, classes=["nature", "ai"])) for n in scores
+    ]
+    rows = pd.DataFrame({"path": ["a", "b", "c"]})
+
+    spec = EnsembleSpec(members=list(scores), rule="weighted", weights=[0.75, 0.0, 0.25], threshold=0.5)
+    assert spec.contributing() == [0, 2]
+    out = LoadedEnsemble("e", spec, members).predict_rows(rows)
+    assert ran == ["clip", "residual"]  # the zero-weight member is not run
+    # the same P(ai) as combining all three, the weight-0 member too
+    np.testing.assert_allclose(
+        out["prob"], combine(np.array(list(scores.values())), "weighted", spec.weights)
+    )
+    assert [c for c in out.columns if c.startswith("prob_")] == ["prob_0_clip", "prob_2_residual"]
+    assert (out["pred_class"] == ["ai", "nature", "ai"]).all()
+
+    ran.clear()
+    for rule in ("mean", "vote"):  # every member counts under the other rules
+        spec = EnsembleSpec(members=list(scores), rule=rule, member_thresholds=[0.5, 0.5, 0.5])
+        assert spec.contributing() == [0, 1, 2]
+        out = LoadedEnsemble("e", spec, members).predict_rows(rows)
+        np.testing.assert_allclose(
+            out["prob"], combine(np.array(list(scores.values())), rule, None, [0.5] * 3)
+        )
+    assert ran == ["clip", "lite0", "residual"] * 2
