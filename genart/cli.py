@@ -291,10 +291,9 @@ def train(
     """Train a detector with Ray Train, calibrate it on validation, evaluate it on test, save the artefact.
 
     The terminal shows one line per epoch (rank 0); ``--verbose`` adds Ray Train's and Ray Data's lines."""
-    from genart.models.zoo import PretrainedWeightsUnavailable
-
     if verbose and os.environ.get("RAY_DATA_LOGGING_CONFIG") == QUIET_RAY_DATA:
-        del os.environ["RAY_DATA_LOGGING_CONFIG"]
+        del os.environ["RAY_DATA_LOGGING_CONFIG"]  # before Ray starts: its workers inherit the environment
+    from genart.models.zoo import PretrainedWeightsUnavailable
     from genart.train.trainer import fit
 
     cfg = _config(
