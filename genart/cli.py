@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -721,6 +721,9 @@ ApiOption = Annotated[str, typer.Option("--url", "--api", help="the genart API",
 ApiKeyOption = Annotated[str | None, typer.Option(help="the API key", envvar="GENART_API_KEY")]
 
 
+IngressLayout = Literal["proxy", "haproxy"]  # genart.serve.app.INGRESS_ENV's keys
+
+
 @serve_app.command("up")
 def serve_up(
     config: Annotated[Path, typer.Option(help="the Serve config to deploy")] = Path("serve_config.yaml"),
@@ -730,6 +733,13 @@ def serve_up(
     ] = 8265,
     metrics_port: Annotated[int, typer.Option(help="where Prometheus scrapes Ray and Serve metrics")] = 8080,
     timeout: Annotated[float, typer.Option(help="seconds to wait for the app to be ready")] = 300,
+    ingress: Annotated[
+        IngressLayout,
+        typer.Option(
+            help="how HTTP reaches the app: Serve's Python proxy (Ray's default), or HAProxy straight to the "
+            "ingress replica with gRPC between replicas (fewer hops; see the README's serving benchmark)"
+        ),
+    ] = "proxy",
 ) -> None:
     """Start a local Ray head (unless one runs), `serve deploy` the config, and wait until it is ready."""
     from genart.serve.control import ServeEndpoints, deploy, ensure_ray, http_port, wait_ready
@@ -738,7 +748,7 @@ def serve_up(
         _fail(f"no Serve config at {config}")
     endpoints = ServeEndpoints(port, dashboard_port, http_port(config), metrics_port)
     try:
-        ensure_ray(endpoints, log=typer.echo)
+        ensure_ray(endpoints, log=typer.echo, ingress=ingress)
         deploy(config, endpoints, log=typer.echo)
         health = wait_ready(endpoints, timeout_s=timeout, log=typer.echo)
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:

@@ -104,10 +104,10 @@ def repeat_summary(values: list[float], tolerance: float = AGREEMENT) -> dict[st
 
 
 def ratio_verdict(
-    numerator: dict[str, Any], denominator: dict[str, Any], goal: float, names: tuple[str, str]
+    numerator: dict[str, Any], denominator: dict[str, Any], goal: float | None, names: tuple[str, str]
 ) -> dict[str, Any]:
-    """The ratio of two :func:`repeat_summary` medians against ``goal`` (at least), or why it is no result:
-    ``text`` says which side's repeats disagreed and by how much."""
+    """The ratio of two :func:`repeat_summary` medians against ``goal`` (at least; None: no goal, only the
+    ratio), or why it is no result: ``text`` says which side's repeats disagreed and by how much."""
     ratio = numerator["median"] / denominator["median"] if denominator["median"] > 0 else float("nan")
     noisy = [
         f"{name} repeats disagree by {s['spread']:.0%} (more than {AGREEMENT:.0%})"
@@ -119,6 +119,8 @@ def ratio_verdict(
     if noisy:
         text = f"no result: {'; '.join(noisy)}; the medians' ratio {ratio:.2f} is not a measurement"
         return {"ratio": ratio, "result": False, "met": None, "text": text}
+    if goal is None:
+        return {"ratio": ratio, "result": True, "met": None, "text": f"{ratio:.2f}"}
     met = ratio >= goal
     return {
         "ratio": ratio,

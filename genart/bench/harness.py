@@ -105,7 +105,7 @@ def ray_label(cmdline: list[str], name: str) -> str | None:
         if "ServeReplica:" in title:
             title = "ray::" + title[title.index("ServeReplica:") :]
         return re.sub(r"\.[A-Za-z_]\w*$", "", title)
-    for known in ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env"):
+    for known in ("gcs_server", "raylet", "dashboard", "log_monitor", "monitor.py", "runtime_env", "haproxy"):
         if known in name or any(known in part for part in cmdline[:3]):
             return known
     return None
@@ -217,6 +217,8 @@ class ServeApp:
     artifacts: list[Path]
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
+    ingress: str = "proxy"  # genart.serve.app.INGRESS_ENV: "proxy" (Ray's default) or "haproxy"
+    _saved_environ: dict[str, str] | None = field(default=None, init=False, repr=False)
 
     @property
     def base(self) -> str:
@@ -227,9 +229,13 @@ class ServeApp:
         from ray import serve
 
         from genart.config import ServeConfig, ServeModel
-        from genart.serve.app import compose
+        from genart.serve.app import compose, ingress_environment
 
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        self._saved_environ = dict(os.environ)
+        environ = ingress_environment(self.ingress, dict(os.environ))  # the local Ray's processes inherit it
+        os.environ.clear()
+        os.environ.update(environ)
         self.port = self.port or free_port()
         ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
@@ -249,6 +255,9 @@ class ServeApp:
             serve.shutdown()
         finally:
             ray.shutdown()
+            if self._saved_environ is not None:
+                os.environ.clear()
+                os.environ.update(self._saved_environ)
 
     def __enter__(self) -> ServeApp:
         try:

