@@ -19,6 +19,8 @@ endif
 MANIFEST ?= $(DATA)/manifest.split.parquet
 GPUS     ?= 1
 RAY_PORT ?= 6380
+# How HTTP reaches the Serve app (genart serve up --ingress): proxy (Ray's default) or haproxy (fewer hops)
+INGRESS  ?= proxy
 
 .PHONY: help install system-packages weights wild wild-data wild-align wild-aligned wild-train wild-eval wild-serve install-edge test-edge lint format test test-fast demo data bench bench-data bench-train bench-serve bench-budget gpu-check real real-data real-train real-eval real-serve real-crop-vs-resize load chaos fuzz reliability ui test-browser test-deploy image image-test demo-artifacts stack-up clean tune run_api serve-down \
 	train_efficientnet_b3 train_efficientnet_b4 train_xception train_vit train_all ray-up ray-down train-job
@@ -116,7 +118,7 @@ demo-artifacts: data ## the demo's two CPU models and their ensemble in artifact
 		--out artifacts/demo-ensemble
 
 run_api: $(VENV)/.installed ## serve serve_config.yaml on a local Ray head (port 6380) and wait until it is ready
-	PATH=$(abspath $(VENV))/bin:$$PATH $(GENART) serve up --config serve_config.yaml --port $(RAY_PORT)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(GENART) serve up --config serve_config.yaml --port $(RAY_PORT) --ingress $(INGRESS)
 
 serve-down: ## stop the Serve app and the local Ray head
 	$(GENART) serve down
@@ -207,7 +209,7 @@ real-serve: $(VENV)/.installed ## serve the real-image ensemble (serve_config.ya
 	@mkdir -p reports/real
 	sed 's#artifacts/demo-#artifacts/real-#g' serve_config.yaml > reports/real/serve_config.yaml
 	diff serve_config.yaml reports/real/serve_config.yaml || true
-	PATH=$(abspath $(VENV))/bin:$$PATH $(GENART) serve up --config reports/real/serve_config.yaml --port $(RAY_PORT)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(GENART) serve up --config reports/real/serve_config.yaml --port $(RAY_PORT) --ingress $(INGRESS)
 	$(GENART) predict $(REAL_SAMPLE) --out reports/real/api-predictions.csv \
 		--compare-with $(REAL_EVAL)/real-ensemble-sample
 
@@ -271,7 +273,7 @@ wild-eval: $(VENV)/.installed ## LOSO, every model on test and real-sample, both
 
 wild-serve: $(VENV)/.installed ## serve the wild ensemble (serve_config.yaml with only model paths and list changed)
 	diff serve_config.yaml jobs/serve/wild.yaml || true
-	PATH=$(abspath $(VENV))/bin:$$PATH $(GENART) serve up --config jobs/serve/wild.yaml --port $(RAY_PORT)
+	PATH=$(abspath $(VENV))/bin:$$PATH $(GENART) serve up --config jobs/serve/wild.yaml --port $(RAY_PORT) --ingress $(INGRESS)
 	$(GENART) predict $(REAL_SAMPLE) --out reports/wild/api-predictions.csv \
 		--compare-with $(WILD_EVAL)/wild-ensemble-sample
 

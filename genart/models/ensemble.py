@@ -25,6 +25,7 @@ __all__ = [
     "EnsembleSpec",
     "LoadedEnsemble",
     "combine",
+    "contributing_members",
     "default_threshold",
     "ensemble_defaults",
     "ensemble_verdict",
@@ -58,11 +59,18 @@ class EnsembleSpec(BaseModel):
         return self
 
     def contributing(self) -> list[int]:
-        """The members that can move P(ai): under ``weighted``, those with a positive weight (a fitted weight
-        of 0 leaves a member's scores out of the sum exactly); under the other rules, all of them."""
-        if self.rule != "weighted" or self.weights is None:
-            return list(range(len(self.members)))
-        return [i for i, w in enumerate(self.weights) if w > 0]
+        """The members that can move P(ai) (:func:`contributing_members`)."""
+        return contributing_members(self.rule, self.weights, len(self.members))
+
+
+def contributing_members(rule: str, weights: list[float] | None, count: int) -> list[int]:
+    """The positions of the ``count`` members that can move P(ai) under ``rule``: under ``weighted``, those
+    with a positive weight (a weight of 0, or a negative one, which :func:`combine` clips to 0, leaves a
+    member's scores out of the sum exactly, so its model need not run); under the other rules, and when no
+    weight is positive (:func:`combine` then refuses), all of them."""
+    if rule != "weighted" or weights is None:
+        return list(range(count))
+    return [i for i, w in enumerate(weights) if w > 0] or list(range(count))
 
 
 def combine(

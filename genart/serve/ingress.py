@@ -22,7 +22,12 @@ from ray import serve
 
 import genart
 from genart.config import ServeConfig, Settings
-from genart.models.ensemble import default_threshold, ensemble_defaults, ensemble_verdict
+from genart.models.ensemble import (
+    contributing_members,
+    default_threshold,
+    ensemble_defaults,
+    ensemble_verdict,
+)
 from genart.models.predict import label_for
 from genart.serve.errors import (
     APIError,
@@ -146,7 +151,6 @@ class EnsembleIngress:
         )
         self.migrated = False
         self._members: dict[str, dict[str, Any]] = {}
-        self._specs: dict[str, dict[str, Any]] = {}
         self._background: set[asyncio.Task] = set()
         self._apply_limits()
         if self.config.ensemble:
@@ -264,8 +268,13 @@ class EnsembleIngress:
         names = list(self.models)
         described = await asyncio.gather(*(self.models[n].describe.remote() for n in names))
         self._members = dict(zip(names, described, strict=True))
-        self._specs = {d["spec_key"]: d["input"] for d in self._members.values() if d.get("loaded")}
         return self._members
+
+    def _contributing(self, names: list[str]) -> list[str]:
+        """The models whose scores can move P(ai) under the rule in force: under ``weighted``, a model with
+        weight 0 is not asked at all (nor is its input prepared)."""
+        weights = [self.weights.get(n, 1.0) for n in names]
+        return [names[i] for i in contributing_members(self.config.rule, weights, len(names))]
 
     async def _keep_members(self) -> None:
         """Describe the models every few seconds, off the request path: a request reads what is known, and
@@ -289,14 +298,16 @@ class EnsembleIngress:
         return members
 
     async def _score(self, data: bytes) -> tuple[Any, dict[str, dict[str, Any]]]:
-        """Each model's score for ``data``, and the image's header (size, hash, decoding time).
+        """The score for ``data`` of each model that can move P(ai) (:meth:`_contributing`), and the image's
+        header (size, hash, decoding time).
 
         The Preprocessor's response is handed to the model calls unawaited: Serve passes each model the
         object-store reference, so the tensors never travel through this replica."""
         for attempt in range(3):
             members = await self._member_info(refresh=attempt > 0)
-            prepared = self.preprocessor.prepare.remote(data, self._specs)
-            names = list(members)
+            names = self._contributing(list(members))
+            specs = {members[n]["spec_key"]: members[n]["input"] for n in names}
+            prepared = self.preprocessor.prepare.remote(data, specs)
             results = await asyncio.gather(*(self.models[n].score.remote(prepared) for n in names))
             scores = dict(zip(names, results, strict=True))
             unusable = next((r for r in results if r.get("error") == "unprocessable"), None)

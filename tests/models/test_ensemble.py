@@ -119,3 +119,12 @@ def test_a_weighted_ensemble_runs_only_members_with_weight(monkeypatch: pytest.M
             out["prob"], combine(np.array(list(scores.values())), rule, None, [0.5] * 3)
         )
     assert ran == ["clip", "lite0", "residual"] * 2
+
+
+def test_with_no_positive_weight_every_member_is_asked_and_combine_refuses() -> None:
+    from genart.models.ensemble import contributing_members
+
+    assert contributing_members("weighted", [0.0, -1.0], 2) == [0, 1]
+    assert contributing_members("weighted", None, 3) == [0, 1, 2]
+    with pytest.raises(ValueError, match="positive sum"):
+        combine(np.array([[0.2], [0.9]]), "weighted", [0.0, -1.0])

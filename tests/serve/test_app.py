@@ -297,6 +297,23 @@ def test_an_ensemble_artefact_sets_the_served_rule_weights_and_threshold(live: L
             0.8 * scores["detector"] + 0.2 * scores["attributor"], abs=1e-6
         )
         assert answer["label"] == ("ai" if answer["probability"] >= 0.123 else "nature")
+        # A weight of 0 under `weighted`: that model is not asked (its score could not move P(ai)).
+        ingress["user_config"] = {
+            "ensemble": None,
+            "rule": "weighted",
+            "weights": {"detector": 1.0, "attributor": 0.0},
+        }
+        live.redeploy()
+        deadline = time.monotonic() + 60
+        with live.client() as client:
+            while True:
+                answer = client.post("/predict", **_upload(image_bytes(seed=12))).json()
+                if [m["name"] for m in answer["models"]] == ["detector"]:
+                    break
+                assert time.monotonic() < deadline, f"the zero-weight model is still asked: {answer}"
+                time.sleep(0.5)
+        assert answer["rule"] == "weighted"
+        assert answer["probability"] == pytest.approx(answer["models"][0]["probability"], abs=1e-9)
     finally:
         ingress["user_config"] = {
             "ensemble": None,
