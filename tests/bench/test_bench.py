@@ -67,3 +67,38 @@ def test_the_serve_layout_is_every_process_but_the_forward_passes_and_the_client
     cpu = {"ServeReplica:genart:m0": 10.0, "ProxyActor": 3.0, "raylet": 1.0, "load driver (this process)": 6}
     assert layout_cpu(cpu, forward_ms=8.0) == pytest.approx(6.0)
     assert [requests_at(c, 64) for c in (1, 4, 16, 64)] == [12, 16, 64, 128]
+
+
+HAPROXY_APP = """
+import json, sys
+from pathlib import Path
+
+import httpx
+
+from genart.bench.harness import ServeApp, bench_artifacts, bench_images
+from genart.bench.serve import serve_processes
+
+root = Path(sys.argv[1])
+env = {"DATABASE_URL": f"sqlite:///{root}/db.sqlite", "GENART_DATA_DIR": str(root / "data")}
+with ServeApp(bench_artifacts(root, size=32), env, ingress="haproxy") as app:
+    answer = httpx.post(f"{app.base}/predict", files={"file": ("x.png", bench_images(1, 48)[0], "image/png")})
+    roles = sorted(serve_processes())
+print(json.dumps({"status": answer.status_code, "body": answer.json(), "roles": roles}))
+"""
+
+
+@pytest.mark.slow
+def test_the_haproxy_ingress_layout_serves_predictions_through_haproxy(tmp_path: Path) -> None:
+    # Its own process: ServeApp starts a local Ray with the layout's environment (the shared test cluster has
+    # Ray's default layout).
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", HAPROXY_APP, str(tmp_path)], capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["status"] == 200 and out["body"]["label"] in ("ai", "nature"), out
+    # HAProxy and the actor that configures it run (Serve keeps an idle fallback ProxyActor beside them)
+    assert {"haproxy", "HAProxyManager"} <= set(out["roles"]), out["roles"]
