@@ -94,6 +94,7 @@ def build_and_evaluate(
         weights=weights,
         member_thresholds=member_thresholds,
         threshold=threshold,
+        threshold_max_fpr=max_fpr,
         metrics={
             **{f"test_{k}": float(v) for k, v in overall["ensemble"].items()},
             f"{fit_on}_ece": fitted.ece,

@@ -48,6 +48,9 @@ class EnsembleSpec(BaseModel):
     weights: list[float] | None = None
     member_thresholds: list[float] | None = None
     threshold: float = 0.5
+    #: How ``threshold`` was chosen on the fit split: None, Youden's J; else the lowest threshold whose
+    #: false-positive rate is at most this (``genart ensemble --max-fpr``).
+    threshold_max_fpr: float | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -120,6 +120,7 @@ def test_ensemble_threshold_at_a_validation_false_positive_rate(synth_manifest: 
     )
     assert result.exit_code == 0, result.output
     spec = load_ensemble(tmp_path / "e")
+    assert spec.threshold_max_fpr == 0.05  # the artefact says how its threshold was chosen
     preds = [predict_rows(load_artifact(m), select_rows(synth_manifest, "val")) for m in members]
     p = combine(
         np.stack([f["prob"].to_numpy() for f in preds]), spec.rule, spec.weights, spec.member_thresholds
