@@ -721,7 +721,9 @@ ApiOption = Annotated[str, typer.Option("--url", "--api", help="the genart API",
 ApiKeyOption = Annotated[str | None, typer.Option(help="the API key", envvar="GENART_API_KEY")]
 
 
-IngressLayout = Literal["proxy", "haproxy"]  # genart.serve.app.INGRESS_ENV's keys
+# genart.config.IngressLayout, written out here because this module imports genart.config lazily (170 ms);
+# tests/test_cli.py checks the two agree.
+IngressLayout = Literal["proxy", "haproxy"]
 
 
 @serve_app.command("up")

@@ -40,6 +40,7 @@ CropPolicy = Literal["crop", "resize"]
 EnsembleRule = Literal["mean", "weighted", "vote"]
 OptimizerName = Literal["adamw", "sgd"]
 ScheduleName = Literal["cosine", "step", "constant"]
+IngressLayout = Literal["proxy", "haproxy"]  # how HTTP reaches a Serve app: genart.serve.app.INGRESS_ENV
 
 #: Larger images are refused before any pixel is decoded (decompression bombs). 64 MP covers camera photos.
 MAX_IMAGE_PIXELS = 64_000_000

@@ -83,3 +83,13 @@ def test_ray_data_console_is_quiet_unless_training_is_verbose(monkeypatch, tmp_p
     monkeypatch.setenv("RAY_DATA_LOGGING_CONFIG", "mine.yaml")  # a user's own configuration stays
     invoke("train", "--verbose", "--data", str(tmp_path / "m.parquet"), "--no-track")
     assert os.environ["RAY_DATA_LOGGING_CONFIG"] == "mine.yaml"
+
+
+def test_serve_up_offers_exactly_the_ingress_layouts_the_app_knows() -> None:
+    from typing import get_args
+
+    from genart import cli
+    from genart.config import IngressLayout
+    from genart.serve.app import INGRESS_ENV
+
+    assert get_args(cli.IngressLayout) == get_args(IngressLayout) == tuple(INGRESS_ENV)

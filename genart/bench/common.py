@@ -16,6 +16,7 @@ __all__ = [
     "generated_manifest",
     "interleave",
     "machine",
+    "pair_label",
     "ratio_verdict",
     "repeat_summary",
     "split_manifest",
@@ -101,6 +102,12 @@ def repeat_summary(values: list[float], tolerance: float = AGREEMENT) -> dict[st
         "spread": spread,
         "agree": len(values) > 1 and spread <= tolerance,
     }
+
+
+def pair_label(pair: dict[str, Any]) -> str:
+    """A measured serving pair's name in a report: its model size and the Serve ingress layout (results
+    written before there were layouts are the ``proxy`` one)."""
+    return f"{pair['model_input']} px, {pair.get('ingress', 'proxy')}"
 
 
 def ratio_verdict(

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from genart.bench.common import pair_label
+
 __all__ = ["collect", "main", "markdown"]
 
 
@@ -116,11 +118,11 @@ def _bench_row(path: Path) -> dict[str, Any]:
     name = r.get("benchmark", path.stem)
     if name == "serve" and "pairs" in r:
         value = "; ".join(
-            f"{size} px: Serve at 16 clients {p['serve']['16']['req_s']['median']:.1f} req/s, "
+            f"{pair_label(p)}: Serve at 16 clients {p['serve']['16']['req_s']['median']:.1f} req/s, "
             f"{_ratio(p['ratio_serve16_over_ceiling'])} the ceiling, "
             f"{_ratio(p['ratio_serve16_over_plain16'])} plain FastAPI, "
             f"layout {p['layout_cpu_ms_per_request']:.1f} CPU ms/request"
-            for size, p in r["pairs"].items()
+            for p in r["pairs"].values()
         )
     elif name == "serve" and "ratio_serve16_over_ceiling" in r:
         top = r["serve"]["16"]

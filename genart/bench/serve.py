@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from genart.bench.common import AGREEMENT, machine, ratio_verdict, repeat_summary, write_results
+from genart.bench.common import AGREEMENT, machine, pair_label, ratio_verdict, repeat_summary, write_results
 from genart.bench.harness import (
     ServeApp,
     bench_artifacts,
@@ -461,11 +461,6 @@ def _rate(s: dict[str, Any]) -> str:
     return f"{s['median']:.1f} ({s['min']:.1f}-{s['max']:.1f}, spread {s['spread']:.0%}){flag}"
 
 
-def _label(p: dict[str, Any]) -> str:
-    """A pair's name in the report: its model size and the Serve ingress layout it was measured with."""
-    return f"{p['model_input']} px, {p.get('ingress', 'proxy')}"
-
-
 def _pair_md(p: dict[str, Any]) -> list[str]:
     rows = [
         f"| in-process batched forward (ceiling, batch {p['ceiling_batch']}) | - | "
@@ -483,7 +478,7 @@ def _pair_md(p: dict[str, Any]) -> list[str]:
                 f"| {batch} |"
             )
     return [
-        f"### {p['model_input']} px: {p['pair']}, {p['upload']} uploads; ingress {p.get('ingress', 'proxy')}",
+        f"### {p['model_input']} px: {p['pair']}, {p['upload']} uploads; ingress {p['ingress']}",
         "",
         "| server | concurrency | req/s median (min-max, spread) | p50 ms | p99 ms | mean batch |",
         "|---|---:|---:|---:|---:|---:|",
@@ -501,7 +496,7 @@ def _cpu_md(pairs: dict[str, dict[str, Any]]) -> list[str]:
     for size in sizes:
         for role, _ in sorted(pairs[size]["cpu_ms_per_request_serve"].items(), key=lambda kv: -kv[1]):
             roles.setdefault(role, None)
-    head = "| process (Ray Serve) | " + " | ".join(_label(pairs[s]) for s in sizes) + " |"
+    head = "| process (Ray Serve) | " + " | ".join(pair_label(pairs[s]) for s in sizes) + " |"
     rows = [head, "|---|" + "---:|" * len(sizes)]
     for role in roles:
         values = [pairs[s]["cpu_ms_per_request_serve"].get(role, 0.0) for s in sizes]
@@ -542,7 +537,7 @@ def _ordered(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
     order = list(INGRESS_ENV)
     items = sorted(
         results["pairs"].items(),
-        key=lambda kv: (kv[1]["model_input"], order.index(kv[1].get("ingress", "proxy"))),
+        key=lambda kv: (kv[1]["model_input"], order.index(kv[1]["ingress"])),
     )
     return dict(items)
 
@@ -556,13 +551,13 @@ def _layout_lines(pairs: dict[str, dict[str, Any]]) -> list[str]:
         if not repeats["agree"]:
             verdict += f"; but the repeats disagree, spread {repeats['spread']:.0%}: not a result"
         lines.append(
-            f"- {_label(p)}: the layout costs **{layout:.1f} ms** per request (repeats "
+            f"- {pair_label(p)}: the layout costs **{layout:.1f} ms** per request (repeats "
             f"{', '.join(f'{v:.1f}' for v in repeats['values'])}; goal <= {GOALS['layout_cpu_ms']:.0f} ms: "
             f"{verdict})"
         )
     by_size: dict[int, dict[str, dict[str, Any]]] = {}
     for p in pairs.values():
-        by_size.setdefault(p["model_input"], {})[p.get("ingress", "proxy")] = p
+        by_size.setdefault(p["model_input"], {})[p["ingress"]] = p
     for size, layouts in by_size.items():
         if {"proxy", "haproxy"} <= set(layouts):
             verdict = ratio_verdict(

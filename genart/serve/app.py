@@ -11,7 +11,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from genart.config import ServeConfig
+from genart.config import IngressLayout, ServeConfig
 from genart.serve.deployments import ModelDeployment, Preprocessor
 from genart.serve.ingress import EnsembleIngress
 
@@ -38,7 +38,7 @@ SERVE_ENV = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0", "RAY_SERVE_RUN_R
 #:   over gRPC (``RAY_SERVE_THROUGHPUT_OPTIMIZED``, Ray's high-throughput mode since 2.56). Two hops fewer
 #:   per request. The replicas' HTTP ports (30000-31000) listen on every interface, for HAProxy on other
 #:   nodes.
-INGRESS_ENV: dict[str, dict[str, str]] = {
+INGRESS_ENV: dict[IngressLayout, dict[str, str]] = {
     "proxy": {},
     "haproxy": {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
 }

@@ -244,3 +244,22 @@ def test_report_main_writes_reliability_md_beside_the_reports(tmp_path: Path) ->
     _fabricate(tmp_path)
     out = main(["--reports", str(tmp_path)])
     assert out == tmp_path / "reliability.md" and out.read_text() == markdown(collect(tmp_path))
+
+
+def test_the_serving_benchmarks_row_names_each_pair_by_size_and_ingress_layout(tmp_path: Path) -> None:
+    ratio = {"ratio": 1.25, "result": True}
+    pair = {
+        "serve": {"16": {"req_s": {"median": 47.7}}},
+        "ratio_serve16_over_ceiling": ratio,
+        "ratio_serve16_over_plain16": ratio,
+        "layout_cpu_ms_per_request": 22.7,
+        "model_input": 96,
+    }
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "serve.json").write_text(json.dumps({
+        "benchmark": "serve", "machine": _machine(),
+        "pairs": {"96-haproxy": {**pair, "ingress": "haproxy"}, "96": pair},  # "96": written before layouts
+    }))  # fmt: skip
+    (row,) = collect(tmp_path)
+    assert row["value"].startswith("96 px, haproxy: Serve at 16 clients 47.7 req/s, 1.25x the ceiling")
+    assert "; 96 px, proxy: Serve at 16 clients" in row["value"] and "-haproxy px" not in row["value"]
