@@ -7,7 +7,8 @@ real recipe's augmentations, ``jobs/configs/real-lite0.yaml``), where decoding i
 Both sides decode and augment the same manifest rows with :mod:`genart.data.transforms`
 (:class:`~genart.data.pipeline.ManifestDataset` and :func:`~genart.data.pipeline.make_dataset`), with the same
 number of processes (DataLoader workers; Ray Data limited to that many CPUs of one local Ray), and hand their
-consumer the same thing: torch batches of ``image`` and ``target``, as the training loop takes them.
+consumer the same thing: torch batches of normalised ``image`` and ``target``, as the training loop takes them
+(Ray Data hands them over as uint8 and the consumer normalises, as the train loop does on its device).
 
 Each side runs ``--epochs`` passes per repeat (the first includes start-up, the later ones are steady state),
 ``--repeats`` times, interleaved. The report gives each side's median and spread; the ratio counts as a
@@ -38,7 +39,7 @@ from genart.bench.common import (
 )
 from genart.config import AugmentConfig, load_config
 from genart.data.pipeline import ManifestDataset, make_dataset, select_rows
-from genart.data.transforms import InputSpec
+from genart.data.transforms import InputSpec, normalize
 
 GOAL = 0.9
 SIDES = ("dataloader", "ray_data")
@@ -84,19 +85,25 @@ def ray_data_rates(
     case: Case, processes: int, batch: int, epochs: int, blocks: int | None = None
 ) -> list[float]:
     """Images/s of each pass of the training pipeline's dataset, Ray Data held to ``processes`` CPUs and
-    read the way the train loop reads its shard (torch batches of ``image`` and ``target``)."""
+    read the way the train loop reads its shard: torch batches of ``image`` and ``target``, the images
+    handed over as uint8 and normalised by the consumer (:func:`genart.data.transforms.normalize`)."""
     import ray.data
     from ray.data import ExecutionResources
 
     ds = make_dataset(case.rows, case.spec, training=True, augment=case.augment, batch_size=batch,
-                      num_blocks=blocks).select_columns(["image", "target"])  # fmt: skip
+                      num_blocks=blocks, as_uint8=True).select_columns(["image", "target"])  # fmt: skip
+
+    def count(b: dict[str, Any]) -> int:
+        normalize(b["image"], case.spec)
+        return len(b["target"])
+
     options = ray.data.DataContext.get_current().execution_options
     before, options.resource_limits = options.resource_limits, ExecutionResources(cpu=processes)
     try:
         return _rates(
             lambda: ds.iter_torch_batches(batch_size=batch, prefetch_batches=processes),
             epochs,
-            lambda b: len(b["target"]),
+            count,
         )
     finally:
         options.resource_limits = before

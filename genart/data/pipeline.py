@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,12 @@ __all__ = ["ManifestDataset", "cap_per_generator", "decode_batch", "make_dataset
 ROW_PROVENANCE = ("sha256", *PROVENANCE_COLUMNS)
 
 log = logging.getLogger(__name__)
+
+# Batches per input block, so per Ray Data task. Ray Data 2.60's executor notices a finished task only on its
+# next wait (up to 100 ms), and a CPU stays idle meanwhile: with one batch per task (0.3 s of decoding at
+# 224 px) the decode processes idled about 40% of the time. Four batches per task amortise it (measured:
+# the README's bench-data section); the train loop's local shuffle buffer mixes the blocks.
+BATCHES_PER_BLOCK = 4
 
 
 def cap_per_generator(rows: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
@@ -96,11 +103,11 @@ def select_rows(
     return out
 
 
-def _transform(spec: dict[str, Any], training: bool, augment: dict[str, Any] | None):
+def _transform(spec: dict[str, Any], training: bool, augment: dict[str, Any] | None, as_uint8: bool):
     input_spec = InputSpec.from_dict(spec)
     if training:
-        return train_transform(input_spec, AugmentConfig.model_validate(augment or {}))
-    return eval_transform(input_spec)
+        return train_transform(input_spec, AugmentConfig.model_validate(augment or {}), as_uint8=as_uint8)
+    return eval_transform(input_spec, as_uint8=as_uint8)
 
 
 def decode_batch(
@@ -108,13 +115,15 @@ def decode_batch(
     spec: dict[str, Any],
     training: bool = False,
     augment: dict[str, Any] | None = None,
+    as_uint8: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Read, decode and transform a batch of manifest rows into ``image`` (N, 3, H, W float32) and labels.
+    """Read, decode and transform a batch of manifest rows into ``image`` (N, 3, H, W float32, or uint8 not
+    yet normalised with ``as_uint8``: :func:`genart.data.transforms.normalize` finishes it) and labels.
 
     A file that no longer decodes (changed since it was indexed), or whose header passes the decoding budget,
     is dropped with a warning, so one bad file cannot kill a multi-hour training run.
     """
-    transform = _transform(spec, training, augment)
+    transform = _transform(spec, training, augment, as_uint8)
     specs = [InputSpec.from_dict(spec)]
     images, keep = [], []
     for i, path in enumerate(batch["path"]):
@@ -125,9 +134,10 @@ def decode_batch(
         except (OSError, ImageDecodeError) as exc:
             log.warning("skipping %s: %s", path, exc)
     size = int(spec.get("input_size", 224))
-    stacked = np.stack(images) if images else np.zeros((0, 3, size, size), np.float32)
+    dtype = np.uint8 if as_uint8 else np.float32
+    stacked = np.stack(images) if images else np.zeros((0, 3, size, size), dtype)
     return {
-        "image": stacked.astype(np.float32, copy=False),
+        "image": stacked.astype(dtype, copy=False),
         "target": np.asarray(batch["target"])[keep].astype(np.int64),
         "generator": np.asarray(batch["generator"])[keep],
         "path": np.asarray(batch["path"])[keep],
@@ -143,8 +153,12 @@ def make_dataset(
     batch_size: int = 32,
     num_cpus: float = 1.0,
     num_blocks: int | None = None,
+    as_uint8: bool = False,
 ):
     """A lazy Ray Dataset streaming decoded batches from ``rows`` (see :func:`select_rows`).
+
+    ``as_uint8``: images stay uint8, a quarter of float32's bytes through the object store and into the
+    consumer; the consumer normalises them (:func:`genart.data.transforms.normalize`), as the train loop does.
 
     When training, rows are shuffled once with ``seed``, blocks are visited in a new order each epoch, and
     the train loop adds a local shuffle buffer. Decoding runs in Ray tasks of ``num_cpus`` each, in parallel
@@ -155,7 +169,7 @@ def make_dataset(
     table = rows[["path", "target", "generator"]]
     if training and seed is not None:
         table = table.sample(frac=1.0, random_state=seed).reset_index(drop=True)
-    blocks = num_blocks or max(1, min(len(table) // batch_size, 200))
+    blocks = num_blocks or max(1, min(math.ceil(len(table) / (batch_size * BATCHES_PER_BLOCK)), 200))
     # Split here rather than with override_num_blocks: Ray 2.60 splits with np.array_split, which returns
     # bare arrays for pandas 3 DataFrames and then fails.
     bounds = np.linspace(0, len(table), blocks + 1).astype(int)
@@ -171,6 +185,7 @@ def make_dataset(
             "spec": spec.to_dict(),
             "training": training,
             "augment": augment.model_dump(mode="json") if augment else None,
+            "as_uint8": as_uint8,
         },
     )
 

@@ -49,6 +49,7 @@ __all__ = [
     "decode_with_header",
     "eval_transform",
     "jpeg_resave",
+    "normalize",
     "rescale",
     "train_transform",
 ]
@@ -253,8 +254,13 @@ class PadToSize:
         return T.functional.to_pil_image(T.functional.pad(tensor, padding, padding_mode=mode))
 
 
-def _timm_transform(spec: InputSpec, is_training: bool, hflip: float = 0.0) -> Transform:
-    """timm's own recipe for the ``resize`` policy, with colour jitter off (colour is a signal here)."""
+def _timm_transform(
+    spec: InputSpec, is_training: bool, hflip: float = 0.0, as_uint8: bool = False
+) -> Transform:
+    """timm's own recipe for the ``resize`` policy, with colour jitter off (colour is a signal here).
+
+    ``as_uint8`` is timm's ``use_prefetcher``: the transform stops at a uint8 tensor and leaves normalising
+    to the consumer (:func:`normalize`)."""
     return create_transform(
         input_size=(3, spec.input_size, spec.input_size),
         is_training=is_training,
@@ -265,27 +271,49 @@ def _timm_transform(spec: InputSpec, is_training: bool, hflip: float = 0.0) -> T
         mean=spec.mean,
         std=spec.std,
         crop_pct=spec.crop_pct,
+        use_prefetcher=as_uint8,
     )
 
 
-def _native_crop(spec: InputSpec, random_crop: bool, hflip: float = 0.0) -> list[Callable[..., Any]]:
+def _native_crop(
+    spec: InputSpec, random_crop: bool, hflip: float = 0.0, as_uint8: bool = False
+) -> list[Callable[..., Any]]:
     crop = T.RandomCrop(spec.input_size) if random_crop else T.CenterCrop(spec.input_size)
     flips = [T.RandomHorizontalFlip(hflip)] if hflip > 0 else []
-    return [PadToSize(spec.input_size), crop, *flips, T.ToTensor(), T.Normalize(mean=spec.mean, std=spec.std)]
+    finish = [T.PILToTensor()] if as_uint8 else [T.ToTensor(), T.Normalize(mean=spec.mean, std=spec.std)]
+    return [PadToSize(spec.input_size), crop, *flips, *finish]
 
 
-def eval_transform(spec: InputSpec) -> Transform:
-    """The deterministic transform used by evaluation, serving and export parity checks."""
+def normalize(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
+    """Finish what a transform built with ``as_uint8=True`` left: uint8 (N, 3, H, W) on any device to the
+    model's normalised float32, the same values as ``ToTensor`` then ``Normalize`` (timm's prefetcher does
+    the same on the GPU).
+
+    Handing uint8 batches across processes moves a quarter of the bytes of float32 ones; the Ray Data
+    training pipeline does it, and the train loop normalises on its device.
+    """
+    mean = torch.tensor(spec.mean, device=images.device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(spec.std, device=images.device).view(1, 3, 1, 1) * 255
+    return images.float().sub_(mean).div_(std)
+
+
+def eval_transform(spec: InputSpec, as_uint8: bool = False) -> Transform:
+    """The deterministic transform used by evaluation, serving and export parity checks.
+
+    ``as_uint8``: stop before normalising, at a uint8 tensor; :func:`normalize` finishes it."""
     if spec.crop_policy == "crop":
-        return T.Compose(_native_crop(spec, random_crop=False))
-    return _timm_transform(spec, is_training=False)
+        return T.Compose(_native_crop(spec, random_crop=False, as_uint8=as_uint8))
+    return _timm_transform(spec, is_training=False, as_uint8=as_uint8)
 
 
-def train_transform(spec: InputSpec, augment: AugmentConfig | None = None) -> Transform:
+def train_transform(
+    spec: InputSpec, augment: AugmentConfig | None = None, as_uint8: bool = False
+) -> Transform:
     """Training augmentations, then the same geometry and normalisation policy as :func:`eval_transform`.
 
     Degradations come first and in the order the web applies them: blur, thumbnailing, then a JPEG
     re-save. The crop is random (native resolution for ``crop``, random-resized for ``resize``).
+    ``as_uint8``: stop before normalising, at a uint8 tensor; :func:`normalize` finishes it.
     """
     aug = augment or AugmentConfig()
     degrade = [
@@ -295,5 +323,7 @@ def train_transform(spec: InputSpec, augment: AugmentConfig | None = None) -> Tr
         RandomJPEG(aug.jpeg_p, aug.jpeg_quality),
     ]
     if spec.crop_policy == "crop":
-        return T.Compose([*degrade, *_native_crop(spec, random_crop=True, hflip=aug.hflip)])
-    return T.Compose([*degrade, _timm_transform(spec, is_training=True, hflip=aug.hflip)])
+        return T.Compose(
+            [*degrade, *_native_crop(spec, random_crop=True, hflip=aug.hflip, as_uint8=as_uint8)]
+        )
+    return T.Compose([*degrade, _timm_transform(spec, is_training=True, hflip=aug.hflip, as_uint8=as_uint8)])

@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from genart.config import GenartConfig, TrainConfig
+from genart.data.transforms import InputSpec, normalize
 from genart.evaluate.metrics import binary_metrics
 from genart.models.artifact import WEIGHTS_FILE, ArtifactMeta, save_artifact
 from genart.models.predict import ai_probability
@@ -96,7 +97,7 @@ def _autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-_DTYPES = {"image": torch.float32, "target": torch.int64}
+_DTYPES = {"image": torch.uint8, "target": torch.int64}  # the pipeline hands over uint8 (make_dataset)
 
 
 @dataclass(frozen=True)
@@ -316,6 +317,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     steps_per_epoch = max(1, math.ceil(loop_config["train_rows"] / (t.batch_size * world)))
     schedule = Schedule.from_config(t, min(steps_per_epoch, t.limit_train_batches or steps_per_epoch))
     shards = {split: ray.train.get_dataset_shard(split) for split in ("train", "val")}
+    spec = InputSpec.from_dict(loop_config["meta"]["input"])
     mlflow_client = _mlflow_client(loop_config) if rank == 0 else None
     history: list[dict[str, Any]] = list(state.get("history", []))
 
@@ -323,13 +325,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
         started = time.perf_counter()
         shuffle = {"local_shuffle_buffer_size": max(256, t.batch_size * 8),
                    "local_shuffle_seed": config.data.seed + epoch * world + rank}  # fmt: skip
-        batches = _batches(shards["train"], t.batch_size, device, **shuffle)
+        batches = _batches(shards["train"], t.batch_size, device, spec, **shuffle)
         counts = train_epoch(
             model, batches, optimizer, schedule, epoch, scaler, amp, t.limit_train_batches,
             log_steps=rank == 0 and t.verbose,
         )  # fmt: skip
         metrics = _epoch_metrics(epoch, schedule, counts, time.perf_counter() - started, state)
-        metrics.update(evaluate_batches(model, _batches(shards["val"], t.batch_size, device), amp))
+        metrics.update(evaluate_batches(model, _batches(shards["val"], t.batch_size, device, spec), amp))
         track_best(state, metrics)
         history.append(metrics)
         state["history"] = history
@@ -341,9 +343,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     return history
 
 
-def _batches(shard: Any, batch_size: int, device: torch.device, **options: Any) -> Iterable[dict]:
-    """This worker's dataset shard as torch batches on ``device``."""
-    return shard.iter_torch_batches(batch_size=batch_size, device=device, dtypes=_DTYPES, **options)
+def _batches(
+    shard: Any, batch_size: int, device: torch.device, spec: InputSpec, **options: Any
+) -> Iterator[dict]:
+    """This worker's dataset shard as torch batches on ``device``: uint8 images travel, and are normalised
+    on the device."""
+    for batch in shard.iter_torch_batches(batch_size=batch_size, device=device, dtypes=_DTYPES, **options):
+        yield {**batch, "image": normalize(batch["image"], spec)}
 
 
 def _epoch_metrics(

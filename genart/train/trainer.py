@@ -137,8 +137,9 @@ def build_trainer(
     columns = ["image", "target"]
     datasets = {
         "train": make_dataset(train_rows, spec, training=True, augment=config.augment, seed=config.data.seed,
-                              batch_size=t.batch_size).select_columns(columns),
-        "val": make_dataset(val_rows, spec, training=False, batch_size=t.batch_size).select_columns(columns),
+                              batch_size=t.batch_size, as_uint8=True).select_columns(columns),
+        "val": make_dataset(val_rows, spec, training=False, batch_size=t.batch_size,
+                            as_uint8=True).select_columns(columns),
     }  # fmt: skip
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
     return TorchTrainer(

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from genart.data.pipeline import ManifestDataset, decode_batch, make_dataset, select_rows
-from genart.data.transforms import InputSpec
+from genart.data.transforms import InputSpec, normalize
 
 SPEC = InputSpec(32, mean=(0.5,) * 3, std=(0.5,) * 3, crop_policy="crop")
 
@@ -80,6 +80,25 @@ def test_ray_pipeline_yields_labelled_batches_equal_to_the_torch_dataset(
     for image, target, path in zip(batch["image"], batch["target"], batch["path"], strict=True):
         expected, expected_target = torch_ds[by_path[path]]
         assert torch.equal(torch.from_numpy(image), expected) and target == expected_target
+
+
+@pytest.mark.ray
+def test_uint8_pipeline_normalised_by_the_consumer_equals_the_float_one(
+    synth_manifest: Path, ray_cluster
+) -> None:
+    rows = select_rows(synth_manifest, "val")
+    by_path = {}
+    for as_uint8 in (False, True):
+        ds = make_dataset(rows, SPEC, training=False, batch_size=8, as_uint8=as_uint8)
+        for batch in ds.iter_batches(batch_size=8, batch_format="numpy"):
+            assert batch["image"].dtype == (np.uint8 if as_uint8 else np.float32)
+            images = torch.from_numpy(batch["image"])
+            images = normalize(images, SPEC) if as_uint8 else images
+            for path, image in zip(batch["path"], images, strict=True):
+                by_path.setdefault(path, []).append(image)
+    assert len(by_path) == len(rows) and all(len(pair) == 2 for pair in by_path.values())
+    for float_image, normalised in by_path.values():
+        torch.testing.assert_close(normalised, float_image, atol=1e-5, rtol=0)
 
 
 @pytest.mark.ray

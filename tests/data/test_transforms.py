@@ -12,6 +12,7 @@ from genart.data.transforms import (
     decode_image,
     eval_transform,
     jpeg_resave,
+    normalize,
     rescale,
     train_transform,
 )
@@ -37,6 +38,25 @@ def test_transforms_give_normalised_float_tensors_of_the_input_size(spec: InputS
         lo = min((0 - m) / s for m, s in zip(spec.mean, spec.std, strict=True))
         hi = max((1 - m) / s for m, s in zip(spec.mean, spec.std, strict=True))
         assert lo - 1e-4 <= out.min() and out.max() <= hi + 1e-4
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.crop_policy)
+def test_uint8_transforms_then_normalize_equal_the_float_transforms(spec: InputSpec) -> None:
+    import random
+
+    image = decode_image(image_bytes((300, 151)))
+    augment = AugmentConfig(jpeg_p=1, rescale_p=1, blur_p=1)
+    pairs = [(eval_transform(spec), eval_transform(spec, as_uint8=True))]
+    pairs.append((train_transform(spec, augment), train_transform(spec, augment, as_uint8=True)))
+    for float_transform, uint8_transform in pairs:
+        random.seed(3), torch.manual_seed(3)
+        expected = float_transform(image)
+        random.seed(3), torch.manual_seed(3)
+        raw = uint8_transform(image)
+        assert raw.dtype == torch.uint8 and raw.shape == (3, 64, 64)
+        out = normalize(raw[None], spec)[0]
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
 def test_crop_policy_never_resamples_pixels() -> None:
