@@ -57,18 +57,28 @@ class Case:
     description: str
 
 
-def _rates(batches: Any, epochs: int, count) -> list[float]:
-    rates = []
+@dataclass
+class Passes:
+    """Each pass of one side's repeat: its images/s and how long its first batch took to arrive."""
+
+    rates: list[float]
+    first_batch_s: list[float]
+
+
+def _rates(batches: Any, epochs: int, count) -> Passes:
+    passes = Passes([], [])
     for _ in range(epochs):
-        start, seen = time.perf_counter(), 0
+        start, seen, first = time.perf_counter(), 0, None
         for batch in batches():
             seen += count(batch)
-        rates.append(seen / (time.perf_counter() - start))
-    return rates
+            first = first if first is not None else time.perf_counter() - start
+        passes.rates.append(seen / (time.perf_counter() - start))
+        passes.first_batch_s.append(first if first is not None else float("nan"))
+    return passes
 
 
-def dataloader_rates(case: Case, processes: int, batch: int, epochs: int) -> list[float]:
-    """Images/s of each pass of a PyTorch DataLoader with ``processes`` workers."""
+def dataloader_rates(case: Case, processes: int, batch: int, epochs: int) -> Passes:
+    """Each pass of a PyTorch DataLoader with ``processes`` workers."""
     from torch.utils.data import DataLoader
 
     loader = DataLoader(
@@ -81,10 +91,8 @@ def dataloader_rates(case: Case, processes: int, batch: int, epochs: int) -> lis
     return _rates(lambda: loader, epochs, lambda b: len(b[1]))
 
 
-def ray_data_rates(
-    case: Case, processes: int, batch: int, epochs: int, blocks: int | None = None
-) -> list[float]:
-    """Images/s of each pass of the training pipeline's dataset, Ray Data held to ``processes`` CPUs and
+def ray_data_rates(case: Case, processes: int, batch: int, epochs: int, blocks: int | None = None) -> Passes:
+    """Each pass of the training pipeline's dataset, Ray Data held to ``processes`` CPUs and
     read the way the train loop reads its shard: torch batches of ``image`` and ``target``, the images
     handed over as uint8 and normalised by the consumer (:func:`genart.data.transforms.normalize`)."""
     import ray.data
@@ -109,7 +117,7 @@ def ray_data_rates(
         options.resource_limits = before
 
 
-def _repeat(case: Case, args: argparse.Namespace) -> dict[str, list[list[float]]]:
+def _repeat(case: Case, args: argparse.Namespace) -> dict[str, list[Passes]]:
     runs = {
         "dataloader": lambda: dataloader_rates(case, args.processes, args.batch_size, args.epochs),
         "ray_data": lambda: ray_data_rates(case, args.processes, args.batch_size, args.epochs, args.blocks),
@@ -122,14 +130,20 @@ def _steady(rates: list[float]) -> float:
     return sum(tail) / len(tail)
 
 
-def summarise(case: Case, epochs: dict[str, list[list[float]]]) -> dict[str, Any]:
-    """Median and spread of each side's steady rate over the repeats, and the ratio's verdict."""
+def summarise(case: Case, repeats: dict[str, list[Passes]]) -> dict[str, Any]:
+    """Median and spread of each side's steady rate over the repeats, and the ratio's verdict; with how long
+    a steady pass waits for its first batch (Ray Data starts an execution per pass)."""
     out: dict[str, Any] = {"images": len(case.rows), "description": case.description}
     for side in SIDES:
+        passes = repeats[side]
         out[side] = {
-            **repeat_summary([_steady(r) for r in epochs[side]]),
-            "first_epoch_median": statistics.median(r[0] for r in epochs[side]),
-            "epochs": epochs[side],
+            **repeat_summary([_steady(p.rates) for p in passes]),
+            "first_epoch_median": statistics.median(p.rates[0] for p in passes),
+            "first_batch_s_median": statistics.median(
+                [s for p in passes for s in (p.first_batch_s[1:] or p.first_batch_s)]
+            ),
+            "epochs": [p.rates for p in passes],
+            "first_batch_s": [p.first_batch_s for p in passes],
         }
     out["ratio"] = ratio_verdict(
         out["ray_data"], out["dataloader"], GOAL, (NAMES["ray_data"], NAMES["dataloader"])
@@ -144,7 +158,8 @@ def markdown(results: dict[str, Any]) -> str:
             s = case[side]
             rows.append(
                 f"| {name}: {case['description']} | {NAMES[side]} | {s['first_epoch_median']:.0f} | "
-                f"**{s['median']:.0f}** | {s['min']:.0f}-{s['max']:.0f} | {s['spread']:.0%} |"
+                f"**{s['median']:.0f}** | {s['min']:.0f}-{s['max']:.0f} | {s['spread']:.0%} | "
+                f"{s['first_batch_s_median']:.2f} |"
             )
         ratios.append(f"| {name} | {case['ratio']['text']} |")
     return "\n".join(
@@ -155,10 +170,10 @@ def markdown(results: dict[str, Any]) -> str:
             f"{results['epochs']} epochs per repeat (the first includes start-up), {results['repeats']} "
             f"repeats interleaved; machine: {results['machine']['cpus']} CPUs. Steady img/s: the mean of "
             "each repeat's later epochs; the median over the repeats, their range, and the spread "
-            "(range / median).",
+            "(range / median). First batch: how long a later epoch waits for its first batch (median).",
             "",
-            "| case | pipeline | first epoch img/s | steady img/s | range | spread |",
-            "|---|---|---:|---:|---|---:|",
+            "| case | pipeline | first epoch img/s | steady img/s | range | spread | first batch, s |",
+            "|---|---|---:|---:|---|---:|---:|",
             *rows,
             "",
             f"| case | Ray Data / DataLoader, steady medians (goal >= {GOAL}) |",
