@@ -70,8 +70,8 @@ def _rates(batches: Any, epochs: int, count) -> Passes:
     for _ in range(epochs):
         start, seen, first = time.perf_counter(), 0, None
         for batch in batches():
-            seen += count(batch)
             first = first if first is not None else time.perf_counter() - start
+            seen += count(batch)
         passes.rates.append(seen / (time.perf_counter() - start))
         passes.first_batch_s.append(first if first is not None else float("nan"))
     return passes
