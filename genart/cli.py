@@ -367,7 +367,16 @@ def _print_result(result) -> None:
     if len(history):
         cols = [
             c
-            for c in ("epoch", "phase", "train_loss", "train_acc", "val_acc", "val_auc", "epoch_s")
+            for c in (
+                "epoch",
+                "phase",
+                "train_loss",
+                "train_acc",
+                "val_acc",
+                "val_auc",
+                "epoch_s",
+                "data_wait_frac",
+            )
             if c in history
         ]
         typer.echo(history[cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))

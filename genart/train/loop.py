@@ -14,7 +14,7 @@ import math
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from genart.models.zoo import build_from_config
 
 __all__ = [
     "STATE_FILE",
+    "DataWait",
     "QuietReports",
     "Schedule",
     "build_optimizer",
@@ -146,6 +147,24 @@ class Schedule:
         return self.rates(epoch, self.steps_per_epoch - 1)["head"]
 
 
+class DataWait:
+    """Iterates ``batches`` and adds up how long its consumer waited for them (``waited``, seconds): the time
+    a training step stood idle for input, which says whether a run is bound by its data pipeline."""
+
+    def __init__(self, batches: Iterable[Any], clock: Callable[[], float] = time.perf_counter) -> None:
+        self._batches, self._clock, self.waited = iter(batches), clock, 0.0
+
+    def __iter__(self) -> DataWait:
+        return self
+
+    def __next__(self) -> Any:
+        asked = self._clock()
+        try:
+            return next(self._batches)
+        finally:
+            self.waited += self._clock() - asked
+
+
 def train_epoch(
     model: nn.Module,
     batches: Iterable[dict[str, torch.Tensor]],
@@ -158,8 +177,8 @@ def train_epoch(
     log_steps: bool = False,
 ) -> dict[str, float]:
     """One pass over ``batches`` (``image``, ``target``) with the schedule's learning rates; in a probe
-    epoch the BatchNorm statistics stay as pretrained. Returns this worker's ``seen``, ``loss_sum`` and
-    ``correct``."""
+    epoch the BatchNorm statistics stay as pretrained. Returns this worker's ``seen``, ``loss_sum``,
+    ``correct`` and ``data_wait_s`` (see :class:`DataWait`)."""
     net = getattr(model, "module", model)
     model.train()
     if schedule.probing(epoch):
@@ -168,6 +187,7 @@ def train_epoch(
                 module.eval()
     scaler = scaler or torch.amp.GradScaler("cuda", enabled=False)
     seen, loss_sum, correct = 0, 0.0, 0
+    batches = DataWait(batches)
     for step, batch in enumerate(batches):
         if limit and step >= limit:
             break
@@ -185,7 +205,7 @@ def train_epoch(
         correct += (logits.argmax(1) == targets).sum().item()
         if log_steps and step % 20 == 0:
             log.info("epoch %d step %d/%d loss %.4f", epoch, step, schedule.steps_per_epoch, loss.item())
-    return {"seen": seen, "loss_sum": loss_sum, "correct": correct}
+    return {"seen": seen, "loss_sum": loss_sum, "correct": correct, "data_wait_s": batches.waited}
 
 
 def evaluate_batches(
@@ -278,6 +298,7 @@ def epoch_line(metrics: dict[str, Any], epochs: int) -> str:
         f"epoch {metrics['epoch'] + 1}/{epochs} [{metrics['phase']}] train loss {metrics['train_loss']:.4f} "
         f"acc {metrics['train_acc']:.3f} | val loss {metrics['val_loss']:.4f} acc {metrics['val_acc']:.3f} "
         f"auc {metrics['val_auc']:.4f} | {metrics['train_img_s']:.0f} img/s"
+        + (f", waiting for data {metrics['data_wait_frac']:.0%}" if "data_wait_frac" in metrics else "")
     )
 
 
@@ -355,7 +376,13 @@ def _batches(
 def _epoch_metrics(
     epoch: int, schedule: Schedule, counts: dict[str, float], elapsed: float, state: dict[str, Any]
 ) -> dict[str, Any]:
-    seen, loss, correct = (float(x.sum()) for x in _gather([np.array([counts[k]]) for k in counts]))
+    keys = ("seen", "loss_sum", "correct", "data_wait_s")
+    seen, loss, correct, waits, times = _gather(
+        [*(np.array([counts[k]], float) for k in keys), np.array([elapsed])]
+    )
+    seen, loss, correct = float(seen.sum()), float(loss.sum()), float(correct.sum())
+    # Each rank's wait against its own epoch's time (ranks start and end their epochs at different moments).
+    wait_frac = float(np.mean(waits / np.maximum(times, 1e-9)))
     return {
         "epoch": epoch,
         "phase": "probe" if schedule.probing(epoch) else "finetune",
@@ -364,6 +391,8 @@ def _epoch_metrics(
         "lr": schedule.epoch_lr(epoch),
         "epoch_s": elapsed,
         "train_img_s": seen / elapsed if elapsed else 0.0,
+        "data_wait_s": float(waits.mean()),  # the ranks' mean, as is the fraction
+        "data_wait_frac": wait_frac,
         "resumed_from": -1 if state["resumed_from"] is None else state["resumed_from"],
     }
 

@@ -11,6 +11,7 @@ from genart.config import TrainConfig
 from genart.models.artifact import ArtifactMeta
 from genart.models.zoo import build_model, get_entry
 from genart.train.loop import (
+    DataWait,
     Schedule,
     build_optimizer,
     epoch_line,
@@ -119,11 +120,29 @@ def test_a_checkpoint_restores_weights_state_and_optimizer(tmp_path: Path) -> No
     _optimizer_for(fresh).load_state_dict(optimizer_state)
 
 
+def test_data_wait_adds_up_the_time_spent_asking_for_each_batch_and_the_end() -> None:
+    ticks = iter(
+        [0.0, 1.0, 5.0, 7.0, 9.0, 9.5]
+    )  # asked, got: 1 s; work; asked, got: 2 s; asked, the end: 0.5 s
+    waits = DataWait(["a", "b"], clock=lambda: next(ticks))
+    assert list(waits) == ["a", "b"] and waits.waited == 3.5
+
+
+def test_train_epoch_reports_how_long_it_waited_for_data() -> None:
+    net = _net()
+    counts = train_epoch(net, _batches(2), _optimizer_for(net), _schedule(), epoch=0)
+    assert set(counts) == {"seen", "loss_sum", "correct", "data_wait_s"} and counts["data_wait_s"] >= 0
+
+
 def test_one_line_per_epoch_says_the_figures_a_person_reads() -> None:
     line = epoch_line({"epoch": 0, "phase": "probe", "train_loss": 0.5, "train_acc": 0.75, "val_loss": 0.4,
                        "val_acc": 0.8, "val_auc": 0.9, "train_img_s": 12.3}, epochs=3)  # fmt: skip
     assert line == ("epoch 1/3 [probe] train loss 0.5000 acc 0.750 | val loss 0.4000 acc 0.800 auc 0.9000 | "
                     "12 img/s")  # fmt: skip
+    figures = {"epoch": 0, "phase": "probe", "train_loss": 0.5, "train_acc": 0.75, "val_loss": 0.4,
+               "val_acc": 0.8, "val_auc": 0.9, "train_img_s": 12.3, "data_wait_frac": 0.084}  # fmt: skip
+    waiting = epoch_line(figures, epochs=3)
+    assert waiting == line + ", waiting for data 8%"
 
 
 def test_ray_trains_per_report_lines_stay_off_the_console_but_warnings_and_epoch_lines_do_not() -> None:

@@ -47,6 +47,8 @@ def test_fit_trains_evaluates_and_logs_a_registered_artefact(
     )
 
     assert list(result.history["epoch"]) == [0, 1]
+    waits = result.history["data_wait_frac"]  # how much of each epoch the loop stood idle for input
+    assert ((waits > 0) & (waits <= 1)).all() and (result.history["data_wait_s"] > 0).all()
     meta = read_meta(result.artifact)
     assert meta.name == "tiny_residual" and meta.data_fingerprint and len(meta.generators) == 7
     assert 0 < meta.threshold <= 1 and meta.temperature > 0
