@@ -180,8 +180,44 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---|",
             *ratios,
             "",
+            "![Ray Data against the DataLoader](data_throughput.png)",
+            "",
         ]
     )
+
+
+def plot(results: dict[str, Any], path: Path) -> Path:
+    """Per case, each side's steady img/s (the range over repeats as error bars, the ratio above Ray Data's
+    bar, flagged when the repeats disagree) and how long a later epoch waits for its first batch."""
+    from genart.plots import plt, save_figure
+
+    cases = list(results["cases"].items())
+    fig, (rates, waits) = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    width, colours = 0.38, {"dataloader": "tab:orange", "ray_data": "tab:blue"}
+    for i, side in enumerate(SIDES):
+        xs = [c + (i - 0.5) * width for c in range(len(cases))]
+        medians = [case[side]["median"] for _, case in cases]
+        spans = [[m - case[side]["min"] for m, (_, case) in zip(medians, cases, strict=True)],
+                 [case[side]["max"] - m for m, (_, case) in zip(medians, cases, strict=True)]]  # fmt: skip
+        rates.bar(xs, medians, width, yerr=spans, capsize=3, color=colours[side], label=NAMES[side])
+        waits.bar(xs, [case[side]["first_batch_s_median"] for _, case in cases], width, color=colours[side])
+        if side == "ray_data":
+            for x, m, (_, case) in zip(xs, medians, cases, strict=True):
+                verdict = case["ratio"]
+                label = f"{verdict['ratio']:.2f}x" + ("" if verdict["result"] else "\n(no result: noisy)")
+                rates.annotate(
+                    label, (x, m), textcoords="offset points", xytext=(0, 8), ha="center", fontsize=8
+                )
+    for ax in (rates, waits):
+        ax.set_xticks(range(len(cases)), [name for name, _ in cases])
+    rates.set_ylabel("steady images per second")
+    rates.set_title(
+        f"Throughput, {results['processes']} processes a side (goal: Ray Data >= {GOAL}x)", fontsize=9
+    )
+    rates.legend(fontsize=7)
+    waits.set_ylabel("seconds")
+    waits.set_title("Wait for an epoch's first batch", fontsize=9)
+    return save_figure(fig, path)
 
 
 def _cases(args: argparse.Namespace, work: Path) -> list[Case]:
@@ -256,6 +292,7 @@ def main(argv: list[str] | None = None) -> dict:
             ray.shutdown()
     md = markdown(results)
     write_results(args.out, "data", results, md)
+    plot(results, args.out / "data_throughput.png")
     print(md)
     return results
 

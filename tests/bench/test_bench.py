@@ -31,7 +31,7 @@ def test_data_benchmark_measures_both_pipelines_interleaved_on_generated_and_rea
     assert json.loads((tmp_path / "data.json").read_text())["cases"]["real"]["images"] > 0
     report = (tmp_path / "data.md").read_text()
     assert "Ray Data / DataLoader, steady medians" in report and "| real |" in report
-    assert "first batch, s" in report
+    assert "first batch, s" in report and (tmp_path / "data_throughput.png").stat().st_size > 0
 
 
 def test_serve_benchmark_ceiling_and_plain_app_run_the_same_models(tmp_path: Path) -> None:
