@@ -292,6 +292,11 @@ def normalize(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     Handing uint8 batches across processes moves a quarter of the bytes of float32 ones; the Ray Data
     training pipeline does it, and the train loop normalises on its device.
     """
+    if images.dtype != torch.uint8:
+        raise TypeError(
+            f"normalize takes the uint8 images of a transform built with as_uint8=True, got {images.dtype}: "
+            "build the dataset with make_dataset(..., as_uint8=True)"
+        )
     mean = torch.tensor(spec.mean, device=images.device).view(1, 3, 1, 1) * 255
     std = torch.tensor(spec.std, device=images.device).view(1, 3, 1, 1) * 255
     return images.float().sub_(mean).div_(std)

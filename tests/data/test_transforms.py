@@ -59,6 +59,13 @@ def test_uint8_transforms_then_normalize_equal_the_float_transforms(spec: InputS
         torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
 
 
+def test_normalize_refuses_images_that_are_already_float() -> None:
+    spec = SPECS[0]
+    floats = eval_transform(spec)(decode_image(image_bytes((80, 80))))[None]
+    with pytest.raises(TypeError, match="as_uint8=True"):
+        normalize(floats, spec)
+
+
 def test_crop_policy_never_resamples_pixels() -> None:
     array = np.random.default_rng(0).integers(0, 256, (100, 120, 3), dtype=np.uint8)
     spec = InputSpec(64, mean=(0.0,) * 3, std=(1.0,) * 3, crop_policy="crop")
