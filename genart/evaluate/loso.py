@@ -31,7 +31,7 @@ from sklearn.metrics import roc_auc_score
 from tqdm.auto import tqdm
 
 from genart.config import GenartConfig
-from genart.plots import save_figure
+from genart.plots import annotated_heatmap, save_figure
 
 __all__ = ["LosoResult", "leave_one_source_out", "loso_frozen", "loso_groups", "write_loso"]
 
@@ -58,6 +58,19 @@ class LosoResult:
     @property
     def mean_auc(self) -> float:
         return float(self.table["roc_auc"].mean())
+
+    def pairs(self) -> pd.DataFrame:
+        """ROC-AUC of each held-out family against each held-out photo source (rows: ``ai/...``, columns:
+        ``nature/...``), both sides scored out of source: which photo sources pull a family's figure down."""
+        scored = self.scores[self.scores["prob"].notna()]
+        ai = {g: p["prob"].to_numpy() for g, p in scored[scored["target"] == 1].groupby("group")}
+        photos = {g: p["prob"].to_numpy() for g, p in scored[scored["target"] == 0].groupby("group")}
+        table = pd.DataFrame(index=sorted(ai), columns=sorted(photos), dtype=float)
+        for family, fakes in ai.items():
+            for source, real in photos.items():
+                y = np.r_[np.ones(len(fakes)), np.zeros(len(real))]
+                table.loc[family, source] = roc_auc_score(y, np.r_[fakes, real])
+        return table
 
     def summary(self) -> dict[str, float]:
         by_class = self.table.groupby("class")["roc_auc"].mean()
@@ -124,8 +137,21 @@ def _plot(result: LosoResult, title: str, out: Path) -> Path:
     return save_figure(fig, out / "loso.png")
 
 
-def write_loso(result: LosoResult, out: str | Path, title: str = "leave-one-source-out") -> Path:
-    """``loso.md`` (table and summary), ``loso.csv``, ``scores.parquet`` and ``loso.png`` into ``out``."""
+def _confusions(pairs: pd.DataFrame, table: pd.DataFrame, below: float) -> list[str]:
+    """A line per family under ``below``: the photo sources its images do not outscore."""
+    lines = []
+    for family in table[(table["class"] == "ai") & (table["roc_auc"] < below)].sort_values("roc_auc").index:
+        worst = pairs.loc[family].dropna().sort_values()
+        named = ", ".join(f"{source.split('/', 1)[1]} {auc:.2f}" for source, auc in worst.head(3).items())
+        lines.append(f"- {family} ({table.loc[family, 'roc_auc']:.3f}): lowest against {named}")
+    return lines
+
+
+def write_loso(
+    result: LosoResult, out: str | Path, title: str = "leave-one-source-out", below: float = 0.7
+) -> Path:
+    """``loso.md`` (table and summary), ``loso.csv``, ``scores.parquet``, ``loso.png``, and the family x photo
+    source ROC-AUCs (``loso_pairs.csv``, ``loso_pairs.png``) into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     result.table.to_csv(out / "loso.csv")
@@ -136,6 +162,13 @@ def write_loso(result: LosoResult, out: str | Path, title: str = "leave-one-sour
     ]
     result.scores[keep].to_parquet(out / "scores.parquet", index=False)
     _plot(result, title, out)
+    pairs = result.pairs()
+    pairs.to_csv(out / "loso_pairs.csv")
+    if pairs.size:
+        annotated_heatmap(
+            pairs, out / "loso_pairs.png", "held-out family against held-out photo source",
+            "ROC-AUC, both sides out of source", vmin=0.0,
+        )  # fmt: skip
     summary = result.summary()
     lines = [
         f"# {title}",
@@ -151,6 +184,13 @@ def write_loso(result: LosoResult, out: str | Path, title: str = "leave-one-sour
         result.table.sort_values(["class", "roc_auc"]).to_markdown(floatfmt=".3f"),
         "",
         "![loso](loso.png)",
+        "",
+        "Which photo sources a family is confused with: its held-out scores against each held-out photo "
+        "source's (`loso_pairs.csv`, `loso_pairs.png`).",
+        "",
+        *(_confusions(pairs, result.table, below) or [f"- no family under {below:.2f}"]),
+        "",
+        "![pairs](loso_pairs.png)",
         "",
     ]  # fmt: skip
     (out / "loso.md").write_text("\n".join(lines))

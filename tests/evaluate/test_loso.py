@@ -89,3 +89,23 @@ def test_compare_ranks_by_held_out_sources_when_a_loso_figure_is_recorded(tmp_pa
     assert lines[0].startswith("Best single model: **transfers**, LOSO mean ROC-AUC 0.880")
     without = _decision(metrics.drop(columns="loso_mean_auc"), ["in_source_star", "transfers"], speed=False)
     assert without[0].startswith("Best single model: **in_source_star**, ROC-AUC 0.999")
+
+
+def test_pairs_name_the_photo_source_a_family_is_confused_with(tmp_path):
+    rows = _rows()
+    rows.loc[rows["family"] == "sdxl", "x"] = -2.0 + 0.01 * np.arange(40)  # sdxl looks like the scenes
+    rows.loc[rows["source"] == "scenes", "x"] = -1.0  # ... which score above it
+    rows.loc[(rows["source"] == "faces") & (rows["label"] == "nature"), "x"] = -3.0  # ... and these below it
+    score = rows["x"].to_numpy()  # a fixed rule, so each side's out-of-source score is known
+    result = leave_one_source_out(rows, lambda tr, sc: 1 / (1 + np.exp(-score[sc])), progress=False)
+    pairs = result.pairs()
+    assert list(pairs.columns) == ["nature/faces", "nature/scenes"]
+    assert pairs.loc["ai/sdxl", "nature/faces"] == 1.0  # every sdxl image above every face photo
+    assert pairs.loc["ai/sdxl", "nature/scenes"] == 0.0  # and below every scene
+    assert pairs.loc["ai/flux", "nature/scenes"] == 1.0
+    assert result.table.loc["ai/sdxl", "roc_auc"] == 0.5
+    report = write_loso(result, tmp_path).read_text()
+    confused = [line for line in report.splitlines() if line.startswith("- ai/")]
+    assert [line[:9] for line in confused] == ["- ai/sdxl"]
+    assert confused[0].index("scenes 0.00") < confused[0].index("faces 1.00")  # the worst source first
+    assert (tmp_path / "loso_pairs.png").exists() and (tmp_path / "loso_pairs.csv").exists()
