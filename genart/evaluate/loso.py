@@ -137,13 +137,22 @@ def _plot(result: LosoResult, title: str, out: Path) -> Path:
     return save_figure(fig, out / "loso.png")
 
 
-def _confusions(pairs: pd.DataFrame, table: pd.DataFrame, below: float) -> list[str]:
-    """A line per family under ``below``: the photo sources its images do not outscore."""
+def _confusions(result: LosoResult, pairs: pd.DataFrame, below: float, top: int = 3) -> list[str]:
+    """A line per family under ``below``: the photo sources that cost it most.
+
+    A family's ROC-AUC is its row of ``pairs`` averaged with each photo source's image count as the weight,
+    so a source's share of the shortfall is ``n * (1 - auc)``; the sources are named in that order.
+    """
+    table = result.table
+    sizes = table["n"]
     lines = []
     for family in table[(table["class"] == "ai") & (table["roc_auc"] < below)].sort_values("roc_auc").index:
-        worst = pairs.loc[family].dropna().sort_values()
-        named = ", ".join(f"{source.split('/', 1)[1]} {auc:.2f}" for source, auc in worst.head(3).items())
-        lines.append(f"- {family} ({table.loc[family, 'roc_auc']:.3f}): lowest against {named}")
+        row = pairs.loc[family].dropna()
+        cost = (sizes[row.index] * (1 - row)).sort_values(ascending=False, kind="stable")
+        named = ", ".join(
+            f"{source.split('/', 1)[1]} {row[source]:.2f} (n={sizes[source]})" for source in cost.index[:top]
+        )
+        lines.append(f"- {family} ({table.loc[family, 'roc_auc']:.3f}): costs most against {named}")
     return lines
 
 
@@ -164,11 +173,10 @@ def write_loso(
     _plot(result, title, out)
     pairs = result.pairs()
     pairs.to_csv(out / "loso_pairs.csv")
-    if pairs.size:
-        annotated_heatmap(
-            pairs, out / "loso_pairs.png", "held-out family against held-out photo source",
-            "ROC-AUC, both sides out of source", vmin=0.0,
-        )  # fmt: skip
+    annotated_heatmap(
+        pairs, out / "loso_pairs.png", "held-out family against held-out photo source",
+        "ROC-AUC, both sides out of source", vmin=0.0,
+    )  # fmt: skip
     summary = result.summary()
     lines = [
         f"# {title}",
@@ -185,10 +193,11 @@ def write_loso(
         "",
         "![loso](loso.png)",
         "",
-        "Which photo sources a family is confused with: its held-out scores against each held-out photo "
-        "source's (`loso_pairs.csv`, `loso_pairs.png`).",
+        "Each held-out family against each held-out photo source (`loso_pairs.csv`, `loso_pairs.png`). A "
+        "family's ROC-AUC is its row averaged with the photo sources' image counts as weights; for each "
+        f"family under {below:.2f}, the photo sources that cost it most (n x (1 - ROC-AUC)):",
         "",
-        *(_confusions(pairs, result.table, below) or [f"- no family under {below:.2f}"]),
+        *(_confusions(result, pairs, below) or [f"- no family under {below:.2f}"]),
         "",
         "![pairs](loso_pairs.png)",
         "",

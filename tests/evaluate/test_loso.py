@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from sklearn.linear_model import LogisticRegression
 
-from genart.evaluate.loso import leave_one_source_out, loso_groups, write_loso
+from genart.evaluate.loso import LosoResult, leave_one_source_out, loso_groups, write_loso
 
 
 def _rows(n=40):
@@ -91,21 +92,39 @@ def test_compare_ranks_by_held_out_sources_when_a_loso_figure_is_recorded(tmp_pa
     assert without[0].startswith("Best single model: **in_source_star**, ROC-AUC 0.999")
 
 
-def test_pairs_name_the_photo_source_a_family_is_confused_with(tmp_path):
+def test_pairs_split_a_family_figure_by_photo_source_and_name_what_costs_most(tmp_path):
     rows = _rows()
-    rows.loc[rows["family"] == "sdxl", "x"] = -2.0 + 0.01 * np.arange(40)  # sdxl looks like the scenes
-    rows.loc[rows["source"] == "scenes", "x"] = -1.0  # ... which score above it
-    rows.loc[(rows["source"] == "faces") & (rows["label"] == "nature"), "x"] = -3.0  # ... and these below it
+    sdxl = rows["family"] == "sdxl"
+    rows.loc[sdxl, "x"] = np.where(np.arange(40) % 2, -0.5, -2.5)  # half above the scenes, half below
+    rows.loc[rows["source"] == "scenes", "x"] = -1.0
+    rows.loc[(rows["source"] == "faces") & (rows["label"] == "nature"), "x"] = -3.0  # below every sdxl image
+    rows = pd.concat([rows, rows[rows["source"] == "scenes"].assign(source="studio")], ignore_index=True)
     score = rows["x"].to_numpy()  # a fixed rule, so each side's out-of-source score is known
     result = leave_one_source_out(rows, lambda tr, sc: 1 / (1 + np.exp(-score[sc])), progress=False)
     pairs = result.pairs()
-    assert list(pairs.columns) == ["nature/faces", "nature/scenes"]
-    assert pairs.loc["ai/sdxl", "nature/faces"] == 1.0  # every sdxl image above every face photo
-    assert pairs.loc["ai/sdxl", "nature/scenes"] == 0.0  # and below every scene
+    assert list(pairs.columns) == ["nature/faces", "nature/scenes", "nature/studio"]
+    assert pairs.loc["ai/sdxl"].tolist() == [1.0, 0.5, 0.5]
     assert pairs.loc["ai/flux", "nature/scenes"] == 1.0
-    assert result.table.loc["ai/sdxl", "roc_auc"] == 0.5
+    sizes = result.table.loc[pairs.columns, "n"]
+    for family in pairs.index:  # a family's figure is its row, weighted by the photo sources' sizes
+        weighted = (pairs.loc[family] * sizes).sum() / sizes.sum()
+        assert result.table.loc[family, "roc_auc"] == pytest.approx(weighted)
     report = write_loso(result, tmp_path).read_text()
     confused = [line for line in report.splitlines() if line.startswith("- ai/")]
-    assert [line[:9] for line in confused] == ["- ai/sdxl"]
-    assert confused[0].index("scenes 0.00") < confused[0].index("faces 1.00")  # the worst source first
+    assert confused == [
+        "- ai/sdxl (0.667): costs most against scenes 0.50 (n=40), studio 0.50 (n=40), faces 1.00 (n=40)"
+    ]  # fmt: skip
     assert (tmp_path / "loso_pairs.png").exists() and (tmp_path / "loso_pairs.csv").exists()
+
+
+def test_pairs_leave_out_groups_that_were_never_scored():
+    scores = pd.DataFrame(
+        {
+            "group": ["ai/a", "ai/a", "ai/b", "nature/p", "nature/q", "nature/q"],
+            "target": [1, 1, 1, 0, 0, 0],
+            "prob": [0.9, 0.4, np.nan, 0.2, 0.6, 0.1],
+        }
+    )
+    pairs = LosoResult(table=pd.DataFrame(), scores=scores).pairs()
+    assert list(pairs.index) == ["ai/a"] and list(pairs.columns) == ["nature/p", "nature/q"]
+    assert pairs.loc["ai/a"].tolist() == [1.0, 0.75]
