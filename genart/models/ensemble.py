@@ -21,6 +21,7 @@ from genart.models.predict import is_ai, label_for
 
 __all__ = [
     "ENSEMBLE_FILE",
+    "MIN_WEIGHT",
     "EnsembleMeta",
     "EnsembleSpec",
     "LoadedEnsemble",
@@ -108,20 +109,42 @@ def combine(
     raise ValueError(f"unknown ensemble rule {rule!r}: use mean, weighted or vote")
 
 
-def fit_weights(probs: np.ndarray, y: np.ndarray) -> list[float]:
-    """Weights (summing to 1) that minimise the log loss of the weighted mean on validation data."""
-    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-6, 1 - 1e-6)
-    y = np.asarray(y, dtype=np.float64)
-    members = probs.shape[0]
+#: A fitted weight below this is set to 0 (and the others refitted): such a member moves P(ai) by less than
+#: 0.01, and at a weight of 0 evaluation and serving need not run its model (:func:`contributing_members`).
+MIN_WEIGHT = 0.01
+
+
+def _fit_simplex(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Weights on the simplex (a softmax of free parameters) minimising the log loss of the weighted mean."""
 
     def loss(z: np.ndarray) -> float:
         w = np.exp(z - z.max())
         p = np.clip((w[:, None] * probs).sum(0) / w.sum(), 1e-6, 1 - 1e-6)
         return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
-    z = minimize(loss, np.zeros(members), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7}).x
+    z = minimize(loss, np.zeros(len(probs)), method="Nelder-Mead", options={"xatol": 1e-4, "fatol": 1e-7}).x
     w = np.exp(z - z.max())
-    return (w / w.sum()).round(6).tolist()
+    return w / w.sum()
+
+
+def fit_weights(probs: np.ndarray, y: np.ndarray, min_weight: float = MIN_WEIGHT) -> list[float]:
+    """Weights (summing to 1) that minimise the log loss of the weighted mean on validation data.
+
+    A softmax parametrisation never reaches 0 exactly, so a member the data does not want ends at a weight
+    like 0.002; members under ``min_weight`` are dropped (weight 0) and the rest refitted.
+    """
+    probs = np.clip(np.asarray(probs, dtype=np.float64), 1e-6, 1 - 1e-6)
+    y = np.asarray(y, dtype=np.float64)
+    active = np.arange(len(probs))
+    while True:
+        w = _fit_simplex(probs[active], y) if len(active) > 1 else np.ones(1)
+        keep = w >= min_weight
+        if keep.all():
+            break
+        active = active[keep]
+    weights = np.zeros(len(probs))
+    weights[active] = w
+    return weights.round(6).tolist()
 
 
 def member_names(names: list[str]) -> list[str]:

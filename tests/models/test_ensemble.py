@@ -8,6 +8,7 @@ import pytest
 from genart.models.ensemble import (
     EnsembleSpec,
     combine,
+    contributing_members,
     default_threshold,
     ensemble_defaults,
     ensemble_verdict,
@@ -35,6 +36,17 @@ def test_fitted_weights_favour_the_informative_member() -> None:
     noise = rng.uniform(0, 1, 400)
     weights = fit_weights(np.stack([good, noise]), y)
     assert weights[0] > 0.8 and abs(sum(weights) - 1) < 1e-6
+
+
+def test_a_member_under_the_minimum_weight_is_dropped_and_the_rest_refitted() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    a, b = (np.clip(y * 0.4 + 0.3 + rng.normal(0, 0.2, 400), 0.01, 0.99) for _ in range(2))
+    noise = rng.uniform(0, 1, 400)
+    kept = fit_weights(np.stack([a, b, noise]), y)
+    assert kept[2] == 0.0 and min(kept[:2]) > 0.2  # two informative members share; noise is out exactly
+    assert fit_weights(np.stack([a, b, noise]), y, min_weight=max(kept) - 0.01) == [1.0, 0.0, 0.0]
+    assert contributing_members("weighted", fit_weights(np.stack([a, noise]), y), 2) == [0]
 
 
 def test_ensemble_spec_checks_lengths() -> None:
