@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -203,6 +204,7 @@ def _report_transforms(cfg) -> dict[str, object]:
     else:
         policy = cfg.model.crop_policy or entry.crop_policy
         spec = InputSpec(input_size=cfg.model.input_size or entry.input_size or 224, crop_policy=policy)
+    spec = replace(spec, jpeg_quality=cfg.model.canonical_jpeg)
     return {"eval transform": eval_transform(spec), "training transform": train_transform(spec, cfg.augment)}
 
 

@@ -145,6 +145,13 @@ class ModelConfig(_Section):
         ge=0,
         description="frozen-encoder models: augmented views per training image, besides the eval view",
     )
+    canonical_jpeg: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description="re-save every image the model judges as JPEG at this quality, at its input size "
+        "(eval-time canonicalisation: whether an upload was PNG or JPEG leaves no trace); null: off",
+    )
 
 
 class TrainConfig(_Section):

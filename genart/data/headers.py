@@ -323,6 +323,15 @@ def reduce_factor(size: tuple[int, int], specs: Sequence[SpecLike]) -> int:
 
 def _transform_cost(width: int, height: int, spec: SpecLike) -> int:
     """Bytes one model input's transform allocates from an RGB image of this size."""
+    canonical = 0
+    if getattr(spec, "jpeg_quality", None) is not None:  # CanonicalJPEG: reduced copy, re-save, its decode
+        factor = reduce_factor((width, height), [spec])
+        width, height = math.ceil(width / factor), math.ceil(height / factor)
+        canonical = _RGB * width * height * (3 if factor > 1 else 2)
+    return canonical + _geometry_cost(width, height, spec)
+
+
+def _geometry_cost(width: int, height: int, spec: SpecLike) -> int:
     side = spec.input_size
     tensor = 3 * side * side * (1 + 4 + 4)  # uint8 view, float tensor, normalised copy
     if spec.crop_policy == "resize":

@@ -38,6 +38,7 @@ from genart.data.headers import (
 
 __all__ = [
     "DEGRADATIONS",
+    "CanonicalJPEG",
     "ImageBudgetError",
     "ImageDecodeError",
     "InputSpec",
@@ -68,6 +69,10 @@ class InputSpec:
     crop_policy: CropPolicy = "resize"
     crop_pct: float = 0.875
     interpolation: str = "bicubic"
+    #: Eval-time JPEG canonicalisation (:class:`CanonicalJPEG`): every image the model judges is first
+    #: re-saved as JPEG at this quality, at the size decoding reduces it to, so that a lossless original
+    #: and a JPEG one reach the model alike. ``None``: off. Training views draw their own re-save.
+    jpeg_quality: int | None = None
 
     @classmethod
     def from_timm(cls, data_config: dict[str, Any], crop_policy: CropPolicy = "resize") -> InputSpec:
@@ -302,13 +307,37 @@ def normalize(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return images.float().sub_(mean).div_(std)
 
 
+class CanonicalJPEG:
+    """An image box-reduced as decoding reduces it for ``spec`` (:func:`reduce_factor`: to under twice the
+    resize target), then re-saved as JPEG at ``spec.jpeg_quality``.
+
+    The size is part of the rule: a re-save at a 12-megapixel phone photo's native size, then a 16x
+    down-scale, made such photos look generated (real-sample, README); at the model's 224 px it removed
+    nothing the model used. A decoder that already reduced the image (serving's DCT-scaled JPEG decode) is
+    reduced no further, so for JPEGs over about 900 px serving's re-save can be at up to twice the size.
+    """
+
+    def __init__(self, spec: InputSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        factor = reduce_factor(image.size, [self.spec])
+        return jpeg_resave(image.reduce(factor) if factor > 1 else image, int(self.spec.jpeg_quality))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(quality={self.spec.jpeg_quality})"
+
+
 def eval_transform(spec: InputSpec, as_uint8: bool = False) -> Transform:
     """The deterministic transform used by evaluation, serving and export parity checks.
 
-    ``as_uint8``: stop before normalising, at a uint8 tensor; :func:`normalize` finishes it."""
+    With ``spec.jpeg_quality`` set, :class:`CanonicalJPEG` comes first. ``as_uint8``: stop before
+    normalising, at a uint8 tensor; :func:`normalize` finishes it."""
     if spec.crop_policy == "crop":
-        return T.Compose(_native_crop(spec, random_crop=False, as_uint8=as_uint8))
-    return _timm_transform(spec, is_training=False, as_uint8=as_uint8)
+        geometry: Transform = T.Compose(_native_crop(spec, random_crop=False, as_uint8=as_uint8))
+    else:
+        geometry = _timm_transform(spec, is_training=False, as_uint8=as_uint8)
+    return T.Compose([CanonicalJPEG(spec), geometry]) if spec.jpeg_quality is not None else geometry
 
 
 def train_transform(

@@ -210,17 +210,13 @@ def loso_frozen(config: GenartConfig, manifest: str | Path, split: str | None = 
     """Leave-one-source-out for a frozen-encoder model: one head per held-out group, on cached features."""
     from genart.data.pipeline import select_rows
     from genart.models.predict import ai_probability
-    from genart.train.head import fit_head, frozen_detector
+    from genart.train.head import fit_head, frozen_detector, head_views
     from genart.train.trainer import init_ray
 
     init_ray()
     rows = select_rows(manifest, split, config.data.generators, config.data.exclude_generators)
     detector = frozen_detector(config, 2)
-    cache = detector.feature_cache(config.augment)
-    views = [
-        cache.matrix(rows, "eval"),
-        *(cache.matrix(rows, f"train{k}") for k in range(config.model.train_views)),
-    ]
+    views = [view(rows) for view in head_views(detector, config)]
     target = rows["target"].to_numpy()
 
     def fit_score(train: np.ndarray, score: np.ndarray) -> np.ndarray:

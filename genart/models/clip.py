@@ -233,10 +233,11 @@ class ClipDetector(nn.Module):
     ``state_dict()`` holds the head only; the encoder is named in the artefact and found on load.
     """
 
-    def __init__(self, encoder: ClipEncoder, head: ClipHead) -> None:
+    def __init__(self, encoder: ClipEncoder, head: ClipHead, spec: InputSpec = CLIP_SPEC) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.spec = spec  # CLIP's preprocessing, with the artefact's eval-time JPEG if it has one
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         features = torch.from_numpy(self.encoder.features(images))
@@ -246,12 +247,13 @@ class ClipDetector(nn.Module):
         with torch.inference_mode():
             return self.head(torch.as_tensor(features, dtype=torch.float32))
 
-    def feature_cache(self, augment=None, root: str | Path | None = None):
-        """The :class:`~genart.models.features.FeatureCache` of this detector's encoder and taps."""
+    def feature_cache(self, augment=None, root: str | Path | None = None, spec: InputSpec | None = None):
+        """The :class:`~genart.models.features.FeatureCache` of this detector's encoder and taps (and input
+        policy, unless ``spec`` is given)."""
         from genart.models.features import FeatureCache
 
         factory = functools.partial(ClipEncoder, self.encoder.path, self.encoder.taps)
-        return FeatureCache(factory, self.encoder.describe(), CLIP_SPEC, augment, root)
+        return FeatureCache(factory, self.encoder.describe(), spec or self.spec, augment, root)
 
     def logits_for_rows(self, rows, degrade: str | None = None) -> np.ndarray:
         """Logits for manifest rows through the feature cache (``sha256`` read from the files if absent)."""
@@ -277,6 +279,6 @@ def load_clip(meta, local: Path) -> ClipDetector:
     from genart.models.artifact import WEIGHTS_FILE
 
     encoder = encoder_from_meta(meta.encoder or {})
-    detector = ClipDetector(encoder, ClipHead(encoder.dim, len(meta.classes)))
+    detector = ClipDetector(encoder, ClipHead(encoder.dim, len(meta.classes)), meta.spec)
     detector.load_state_dict(load_file(str(local / WEIGHTS_FILE)))
     return detector

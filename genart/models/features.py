@@ -130,7 +130,11 @@ class FeatureCache:
         self.root = Path(root) if root else cache_dir()
 
     def key(self, view: str) -> str:
-        parts = {"encoder": self.describe, "spec": self.spec.to_dict(), "view": view}
+        spec = self.spec.to_dict()
+        # the eval-time JPEG changes no training view, and a spec without one keys as it did before it existed
+        if is_train_view(view) or spec["jpeg_quality"] is None:
+            del spec["jpeg_quality"]
+        parts = {"encoder": self.describe, "spec": spec, "view": view}
         if is_train_view(view):
             parts["augment"] = self.augment.model_dump(mode="json")
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -269,6 +269,7 @@ def build_model(
     input_size: int | None = None,
     crop_policy: CropPolicy | None = None,
     num_classes: int = len(CLASSES),
+    canonical_jpeg: int | None = None,
 ) -> tuple[nn.Module, InputSpec]:
     """Build a zoo model (two classes unless told), and the input spec its data must be prepared with."""
     entry = get_entry(name)
@@ -280,8 +281,8 @@ def build_model(
     data_config = timm.data.resolve_model_data_config(model)
     spec = InputSpec.from_timm(data_config, crop_policy=crop_policy or entry.crop_policy)
     size = input_size or entry.input_size
-    if size is not None:
-        spec = InputSpec.from_dict({**spec.to_dict(), "input_size": size})
+    if size is not None or canonical_jpeg is not None:
+        spec = replace(spec, input_size=size or spec.input_size, jpeg_quality=canonical_jpeg)
     if entry.residual:
         model = ResidualDetector(model)
     return model, spec
@@ -299,4 +300,5 @@ def build_from_config(
         drop_rate=model_config.drop_rate,
         input_size=model_config.input_size,
         crop_policy=model_config.crop_policy,
+        canonical_jpeg=model_config.canonical_jpeg,
     )

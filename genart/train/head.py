@@ -9,9 +9,12 @@ the same functions as a fine-tuned network.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +30,7 @@ __all__ = [
     "fit_frozen",
     "fit_head",
     "frozen_detector",
+    "head_views",
     "training_matrix",
 ]
 
@@ -72,17 +76,30 @@ def split_rows(config: GenartConfig, manifest: str | Path, classes: list[str] | 
 
 def frozen_detector(config: GenartConfig, num_classes: int):
     """An untrained detector (encoder found, head empty) for ``config.model``."""
-    from genart.models.clip import DEFAULT_TAPS, ClipDetector, ClipEncoder, ClipHead
+    from genart.models.clip import CLIP_SPEC, DEFAULT_TAPS, ClipDetector, ClipEncoder, ClipHead
 
     encoder = ClipEncoder(config.model.weights, taps=config.model.taps or DEFAULT_TAPS)
-    return ClipDetector(encoder, ClipHead(encoder.dim, num_classes))
+    spec = replace(CLIP_SPEC, jpeg_quality=config.model.canonical_jpeg)
+    return ClipDetector(encoder, ClipHead(encoder.dim, num_classes), spec)
+
+
+def head_views(detector, config: GenartConfig) -> list[Callable[[pd.DataFrame], np.ndarray]]:
+    """What a frozen-encoder head is fitted on, each a ``rows -> features`` function, the served view first:
+    the eval view; with an eval-time JPEG (``model.canonical_jpeg``) the same view without it too, so the
+    head learns to give both the same answer; and ``train_views`` class-matched augmented views."""
+    cache = detector.feature_cache(config.augment)
+    views = [functools.partial(cache.matrix, view="eval")]
+    if detector.spec.jpeg_quality is not None:
+        plain = detector.feature_cache(config.augment, spec=replace(detector.spec, jpeg_quality=None))
+        views.append(functools.partial(plain.matrix, view="eval"))
+    views += [functools.partial(cache.matrix, view=f"train{k}") for k in range(config.model.train_views)]
+    return views
 
 
 def training_matrix(detector, rows: pd.DataFrame, config: GenartConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Features of the eval view and ``train_views`` augmented views of ``rows``, with repeated targets."""
-    cache = detector.feature_cache(config.augment)
-    views = ["eval", *(f"train{k}" for k in range(config.model.train_views))]
-    features = np.concatenate([cache.matrix(rows, view) for view in views])
+    """Features of every :func:`head_views` view of ``rows``, with repeated targets."""
+    views = head_views(detector, config)
+    features = np.concatenate([view(rows) for view in views])
     return features, np.tile(rows["target"].to_numpy(), len(views))
 
 
@@ -96,7 +113,6 @@ def fit_frozen(
     """Encode (cached), fit the head, then calibrate, evaluate and save like a trained network."""
     from genart.data.index import training_data_summary
     from genart.models.artifact import ArtifactMeta, LoadedModel, split_fingerprint
-    from genart.models.clip import CLIP_SPEC
     from genart.train.trainer import finish_artifact, init_ray, model_classes
 
     manifest = Path(manifest)
@@ -119,7 +135,7 @@ def fit_frozen(
         kind="clip",
         timm_id="",
         encoder=detector.encoder.describe(),
-        input=CLIP_SPEC.to_dict(),
+        input=detector.spec.to_dict(),
         data_fingerprint=split_fingerprint(rows),
         generators=sorted(rows["train"]["generator"].unique()),
         trained_on=training_data_summary(manifest, rows["train"]),
@@ -129,7 +145,7 @@ def fit_frozen(
     )  # fmt: skip
     from genart.data.transforms import eval_transform
 
-    loaded = LoadedModel(detector.eval(), meta, CLIP_SPEC, eval_transform(CLIP_SPEC), source=run_name)
+    loaded = LoadedModel(detector.eval(), meta, detector.spec, eval_transform(detector.spec), source=run_name)
     workers = min(4, os.cpu_count() or 1)
     return finish_artifact(
         loaded, config, manifest, Path(out) / (artifact_name or run_name), run_name, None, pd.DataFrame(),

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from genart.config import AugmentConfig, DecodeLimits
+from genart.data.headers import reduce_factor
 from genart.data.transforms import (
     ImageDecodeError,
     InputSpec,
@@ -21,10 +22,15 @@ from tests.conftest import image_bytes, png_bomb
 SPECS = [
     InputSpec(64, crop_policy="crop"),
     InputSpec(64, crop_policy="resize", mean=(0.5,) * 3, std=(0.5,) * 3),
+    InputSpec(64, crop_policy="resize", jpeg_quality=90),
 ]
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.crop_policy)
+def _spec_id(spec: InputSpec) -> str:
+    return spec.crop_policy + (f"-jpeg{spec.jpeg_quality}" if spec.jpeg_quality else "")
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=_spec_id)
 @pytest.mark.parametrize("size", [(32, 20), (64, 64), (300, 151)])
 def test_transforms_give_normalised_float_tensors_of_the_input_size(spec: InputSpec, size) -> None:
     image = decode_image(image_bytes(size))
@@ -40,7 +46,7 @@ def test_transforms_give_normalised_float_tensors_of_the_input_size(spec: InputS
         assert lo - 1e-4 <= out.min() and out.max() <= hi + 1e-4
 
 
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.crop_policy)
+@pytest.mark.parametrize("spec", SPECS, ids=_spec_id)
 def test_uint8_transforms_then_normalize_equal_the_float_transforms(spec: InputSpec) -> None:
     import random
 
@@ -78,6 +84,29 @@ def test_eval_transform_is_deterministic() -> None:
     image = decode_image(image_bytes((90, 70)))
     for spec in SPECS:
         assert torch.equal(eval_transform(spec)(image), eval_transform(spec)(image))
+
+
+@pytest.mark.parametrize(
+    ("crop_policy", "size", "factor"),
+    [("crop", (300, 151), 1), ("resize", (300, 151), 1), ("resize", (1200, 900), 6)],
+)
+def test_canonical_jpeg_re_saves_the_image_as_decoding_reduces_it(crop_policy, size, factor) -> None:
+    image = decode_image(image_bytes(size))
+    plain = InputSpec(64, crop_policy=crop_policy)
+    spec = InputSpec(64, crop_policy=crop_policy, jpeg_quality=80)
+    assert reduce_factor(size, [spec]) == factor  # resize to 73 px: box-reduced while over 146
+    reduced = image.reduce(factor) if factor > 1 else image
+    expected = eval_transform(plain)(jpeg_resave(reduced, 80))
+    assert torch.equal(eval_transform(spec)(image), expected)
+    assert not torch.equal(expected, eval_transform(plain)(reduced))  # the re-save changed pixels
+    # training views keep their own random re-save: the canonical one belongs to the eval transform
+    assert "CanonicalJPEG" not in repr(train_transform(spec))
+
+
+def test_an_input_spec_written_before_canonical_jpeg_reads_as_off() -> None:
+    raw = InputSpec(64).to_dict()
+    del raw["jpeg_quality"]
+    assert InputSpec.from_dict(raw).jpeg_quality is None
 
 
 def test_input_spec_comes_from_timm_and_round_trips() -> None:

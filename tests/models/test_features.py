@@ -65,6 +65,25 @@ def test_views_differ_and_training_views_are_reproducible(tmp_path, write_image)
     np.testing.assert_array_equal(transform(image, sha).numpy(), transform(image, sha).numpy())
 
 
+def test_an_eval_time_jpeg_keys_the_views_it_changes_and_only_those(tmp_path, write_image):
+    import dataclasses
+
+    plain, canonical = (
+        _cache(tmp_path),
+        FeatureCache(
+            MeanEncoder,
+            {"name": "mean"},
+            dataclasses.replace(SPEC, jpeg_quality=90),
+            None,
+            root=tmp_path / "cache",
+        ),
+    )
+    assert canonical.key("eval") != plain.key("eval") and canonical.key("jpeg75") != plain.key("jpeg75")
+    assert canonical.key("train0") == plain.key("train0")  # training views never get the eval-time re-save
+    rows = _rows(tmp_path, write_image, n=2)
+    assert not np.allclose(canonical.matrix(rows, "eval"), plain.matrix(rows, "eval"))
+
+
 def test_unknown_view_and_missing_features(tmp_path, write_image):
     rows = _rows(tmp_path, write_image, n=2)
     with pytest.raises(ValueError, match="unknown view"):

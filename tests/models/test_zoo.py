@@ -49,6 +49,17 @@ def test_every_zoo_model_builds_runs_and_round_trips_through_an_artefact(name: s
     assert isinstance(loaded.model, ResidualDetector) == entry.residual
 
 
+def test_the_configs_canonical_jpeg_goes_into_the_input_spec() -> None:
+    from genart.config import ModelConfig
+    from genart.models.zoo import build_from_config
+
+    assert build_model("tiny", pretrained=False)[1].jpeg_quality is None
+    _, spec = build_from_config(ModelConfig(name="tiny", pretrained=False, canonical_jpeg=85, input_size=48))
+    assert spec.jpeg_quality == 85 and spec.input_size == 48
+    with pytest.raises(ValueError, match="less than or equal to 100"):
+        ModelConfig(name="tiny", canonical_jpeg=101)
+
+
 @pytest.mark.slow
 def test_lite0_package_weights_recognise_imagenet_classes() -> None:
     import timm

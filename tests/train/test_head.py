@@ -46,8 +46,9 @@ def test_fit_frozen_writes_a_self_describing_artefact(ray_cluster, small_manifes
     assert sorted((tmp_path / "cache").rglob("part-*.parquet")) == parts
 
 
+@pytest.mark.parametrize("canonical_jpeg", [None, 90])
 def test_a_clip_artefact_loads_by_path_and_cached_scores_match_the_network(
-    ray_cluster, small_manifest, tmp_path, monkeypatch
+    ray_cluster, small_manifest, tmp_path, monkeypatch, canonical_jpeg
 ):
     import numpy as np
     import torch
@@ -60,10 +61,17 @@ def test_a_clip_artefact_loads_by_path_and_cached_scores_match_the_network(
     from genart.train.head import fit_frozen
 
     monkeypatch.setenv("GENART_CACHE_DIR", str(tmp_path / "cache"))
-    config = GenartConfig.model_validate({"model": {"name": "clip_b16", "taps": [8], "train_views": 0}})
+    config = GenartConfig.model_validate(
+        {"model": {"name": "clip_b16", "taps": [8], "train_views": 0, "canonical_jpeg": canonical_jpeg}}
+    )
     result = fit_frozen(config, small_manifest, out=tmp_path / "a", artifact_name="c", evaluate_test=False)
     loaded = load_artifact(result.artifact)
     assert isinstance(loaded.model, ClipDetector) and loaded.model.encoder.taps == (8,)
+    # the eval-time JPEG is part of the artefact's input policy: serving and the feature cache both apply it
+    assert loaded.spec.jpeg_quality == canonical_jpeg == loaded.model.spec.jpeg_quality
+    # fitted on the eval view, and with an eval-time JPEG on the same view without it too
+    views = 1 if canonical_jpeg is None else 2
+    assert loaded.meta.metrics["train_feature_rows"] == views * len(select_rows(small_manifest, "train"))
     rows = select_rows(small_manifest, "test")
     cached = predict_rows(loaded, rows)["prob"].to_numpy()  # through the feature cache
     images = torch.stack([loaded.transform(decode_image(Path(p).read_bytes())) for p in rows["path"]])
