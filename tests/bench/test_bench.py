@@ -86,7 +86,10 @@ from genart.bench.serve import serve_processes
 root = Path(sys.argv[1])
 env = {"DATABASE_URL": f"sqlite:///{root}/db.sqlite", "GENART_DATA_DIR": str(root / "data")}
 with ServeApp(bench_artifacts(root, size=32), env, ingress="haproxy") as app:
-    answer = httpx.post(f"{app.base}/predict", files={"file": ("x.png", bench_images(1, 48)[0], "image/png")})
+    # the first request warms the replicas: give it time on a busy machine (httpx's default is 5 s)
+    answer = httpx.post(
+        f"{app.base}/predict", files={"file": ("x.png", bench_images(1, 48)[0], "image/png")}, timeout=120
+    )
     roles = sorted(serve_processes())
 print(json.dumps({"status": answer.status_code, "body": answer.json(), "roles": roles}))
 """
