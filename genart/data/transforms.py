@@ -312,9 +312,10 @@ class CanonicalJPEG:
     resize target), then re-saved as JPEG at ``spec.jpeg_quality``.
 
     The size is part of the rule: a re-save at a 12-megapixel phone photo's native size, then a 16x
-    down-scale, made such photos look generated (real-sample, README); at the model's 224 px it removed
-    nothing the model used. A decoder that already reduced the image (serving's DCT-scaled JPEG decode) is
-    reduced no further, so for JPEGs over about 900 px serving's re-save can be at up to twice the size.
+    down-scale, made such photos look generated (real-sample, README); at the model's 224 px it left the
+    leave-one-source-out figures where they were. A decoder that already reduced the image (serving's
+    DCT-scaled JPEG decode) is reduced no further, so for JPEGs over about 900 px serving's re-save can be
+    at up to twice the size.
     """
 
     def __init__(self, spec: InputSpec) -> None:
