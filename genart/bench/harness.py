@@ -35,11 +35,22 @@ __all__ = [
 ]
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_port(low: int = 20000, high: int = 32767) -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now, from ``low``-``high``: above Ray's worker ports
+    (10002-19999) and below the kernel's ephemeral range (32768 on), from which Ray's own gRPC servers take
+    theirs. A port the kernel handed out (bind to 0) could be taken by one of them before the app binds it,
+    which failed a test once ("cannot bind socket (Address already in use)")."""
+    import random
+
+    ports = range(low, high + 1)
+    for port in random.sample(ports, min(200, len(ports))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port on 127.0.0.1 in {low}-{high}")
 
 
 def wait_http(url: str, timeout_s: float = 120) -> None:

@@ -48,3 +48,17 @@ def test_bench_jpegs_are_deterministic_photo_like_uploads_of_the_asked_side() ->
         image = Image.open(BytesIO(data))
         assert image.format == "JPEG" and image.size == (64, 64)
     assert len(jpegs[0]) < len(bench_images(1, 64)[0])  # smooth, unlike the PNGs' noise
+
+
+def test_free_port_is_outside_rays_worker_ports_and_the_ephemeral_range() -> None:
+    import socket
+
+    from genart.bench.harness import free_port
+
+    port = free_port()
+    assert 20000 <= port <= 32767
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # free indeed
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", port))
+        assert free_port(port, port + 1) == port + 1  # a port in use is skipped
