@@ -149,8 +149,9 @@ class ModelConfig(_Section):
         None,
         ge=1,
         le=100,
-        description="re-save every image the model judges as JPEG at this quality, at its input size "
-        "(eval-time canonicalisation: whether an upload was PNG or JPEG leaves no trace); null: off",
+        description="re-save every image the model judges as JPEG at this quality, at the size decoding "
+        "reduces it to (eval-time canonicalisation: whether an upload was PNG or JPEG leaves no trace); "
+        "null: off",
     )
 
 
