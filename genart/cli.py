@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -194,17 +193,10 @@ def data_split(
 
 def _report_transforms(cfg) -> dict[str, object]:
     """The eval and training transforms of a config's model, for the data report's shortcut check."""
-    from genart.data.transforms import InputSpec, eval_transform, train_transform
-    from genart.models.clip import CLIP_SPEC
-    from genart.models.zoo import get_entry
+    from genart.data.transforms import eval_transform, train_transform
+    from genart.models.zoo import input_spec
 
-    entry = get_entry(cfg.model.name)
-    if entry.kind == "clip":
-        spec = CLIP_SPEC
-    else:
-        policy = cfg.model.crop_policy or entry.crop_policy
-        spec = InputSpec(input_size=cfg.model.input_size or entry.input_size or 224, crop_policy=policy)
-    spec = replace(spec, jpeg_quality=cfg.model.canonical_jpeg)
+    spec = input_spec(cfg.model)
     return {"eval transform": eval_transform(spec), "training transform": train_transform(spec, cfg.augment)}
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "build_from_config",
     "build_model",
     "get_entry",
+    "input_spec",
     "load_lite0_package_weights",
 ]
 
@@ -286,6 +287,16 @@ def build_model(
     if entry.residual:
         model = ResidualDetector(model)
     return model, spec
+
+
+def input_spec(model_config: ModelConfig) -> InputSpec:
+    """The input spec a config's model is prepared with, frozen encoders included: the one rule that
+    training, the frozen heads and the data report's shortcut check share."""
+    if get_entry(model_config.name).kind == "clip":
+        from genart.models.clip import CLIP_SPEC
+
+        return replace(CLIP_SPEC, jpeg_quality=model_config.canonical_jpeg)
+    return build_from_config(model_config.model_copy(update={"pretrained": False}))[1]
 
 
 def build_from_config(

@@ -76,11 +76,11 @@ def split_rows(config: GenartConfig, manifest: str | Path, classes: list[str] | 
 
 def frozen_detector(config: GenartConfig, num_classes: int):
     """An untrained detector (encoder found, head empty) for ``config.model``."""
-    from genart.models.clip import CLIP_SPEC, DEFAULT_TAPS, ClipDetector, ClipEncoder, ClipHead
+    from genart.models.clip import DEFAULT_TAPS, ClipDetector, ClipEncoder, ClipHead
+    from genart.models.zoo import input_spec
 
     encoder = ClipEncoder(config.model.weights, taps=config.model.taps or DEFAULT_TAPS)
-    spec = replace(CLIP_SPEC, jpeg_quality=config.model.canonical_jpeg)
-    return ClipDetector(encoder, ClipHead(encoder.dim, num_classes), spec)
+    return ClipDetector(encoder, ClipHead(encoder.dim, num_classes), input_spec(config.model))
 
 
 def head_views(detector, config: GenartConfig) -> list[Callable[[pd.DataFrame], np.ndarray]]:

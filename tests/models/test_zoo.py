@@ -60,6 +60,19 @@ def test_the_configs_canonical_jpeg_goes_into_the_input_spec() -> None:
         ModelConfig(name="tiny", canonical_jpeg=101)
 
 
+def test_one_input_spec_rule_for_timm_and_frozen_encoder_models() -> None:
+    from genart.config import ModelConfig
+    from genart.models.clip import CLIP_SPEC
+    from genart.models.zoo import build_from_config, input_spec
+
+    tiny = ModelConfig(name="tiny", pretrained=False, canonical_jpeg=80, input_size=40, crop_policy="crop")
+    assert input_spec(tiny) == build_from_config(tiny)[1]
+    assert input_spec(tiny).crop_policy == "crop" and input_spec(tiny).jpeg_quality == 80
+    clip = input_spec(ModelConfig(name="clip_b16", canonical_jpeg=90))
+    assert clip.mean == CLIP_SPEC.mean and clip.crop_pct == 1.0 and clip.jpeg_quality == 90
+    assert input_spec(ModelConfig(name="clip_b16")) == CLIP_SPEC
+
+
 @pytest.mark.slow
 def test_lite0_package_weights_recognise_imagenet_classes() -> None:
     import timm
