@@ -66,8 +66,9 @@ def test_one_input_spec_rule_for_timm_and_frozen_encoder_models() -> None:
     from genart.models.zoo import build_from_config, input_spec
 
     tiny = ModelConfig(name="tiny", pretrained=False, canonical_jpeg=80, input_size=40, crop_policy="crop")
-    assert input_spec(tiny) == build_from_config(tiny)[1]
-    assert input_spec(tiny).crop_policy == "crop" and input_spec(tiny).jpeg_quality == 80
+    spec = input_spec(tiny)
+    assert spec == build_from_config(tiny)[1]
+    assert spec.crop_policy == "crop" and spec.jpeg_quality == 80
     clip = input_spec(ModelConfig(name="clip_b16", canonical_jpeg=90))
     assert clip.mean == CLIP_SPEC.mean and clip.crop_pct == 1.0 and clip.jpeg_quality == 90
     assert input_spec(ModelConfig(name="clip_b16")) == CLIP_SPEC
