@@ -313,9 +313,10 @@ class CanonicalJPEG:
 
     The size is part of the rule: a re-save at a 12-megapixel phone photo's native size, then a 16x
     down-scale, made such photos look generated (real-sample, README); at the model's 224 px it left the
-    leave-one-source-out figures where they were. A decoder that already reduced the image (serving's
-    DCT-scaled JPEG decode) is reduced no further, so for JPEGs over about 900 px serving's re-save can be
-    at up to twice the size.
+    leave-one-source-out figures where they were. A decoder that already reduced the image (the DCT-scaled
+    JPEG decode of :func:`decode_with_header`) is reduced no further, so for JPEGs over about 900 px the
+    re-save can be at up to twice the size; serving and the frozen encoders' eval view
+    (:mod:`genart.models.features`) both decode that way, so they re-save at the same size.
     """
 
     def __init__(self, spec: InputSpec) -> None:

@@ -2,12 +2,17 @@
 
 A *view* is how an image is shown to the encoder:
 
-- ``eval``: the model's eval transform (what serving sees);
+- ``eval``: the model's eval transform on the image decoded as serving decodes it (JPEG DCT scaling and a box
+  reduce toward the model's input, :func:`genart.data.transforms.decode_with_header`), so a served upload gets
+  the features its evaluation measured;
 - ``train<k>``: the k-th class-matched training view: the same random down-scale, JPEG re-save and random
   resized crop for both classes (:func:`genart.data.transforms.train_transform` with the config's
   augmentations), seeded by the image's sha256 and ``k`` so a view is reproducible and cacheable;
 - each robustness condition of :data:`genart.data.transforms.DEGRADATIONS` (``jpeg75``, ``half``, ...),
   applied before the eval transform, as evaluation does.
+
+Training views and degradations start from the full decode, as :class:`genart.data.pipeline.ManifestDataset`
+does for them.
 
 The cache key covers everything that changes a feature: encoder sha256, taps, the input policy, the view
 and (for training views) the augmentation settings. A head then trains in seconds on cached features.
@@ -88,12 +93,13 @@ class Featurize:
         torch.set_num_threads(1)
         self.encoder = encoder_factory()
         self.transform = view_transform(view, spec, AugmentConfig(**augment) if augment else None)
+        self.specs, self.augmented = [spec], view != "eval"
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shas, tensors = [], []
         for path, sha in zip(batch["path"], batch["sha256"], strict=True):
             try:
-                image = decode_image(Path(path).read_bytes())
+                image = decode_image(Path(path).read_bytes(), self.specs, augmented=self.augmented)
             except (OSError, ImageDecodeError) as exc:
                 log.warning("skipping %s: %s", path, exc)
                 continue
@@ -135,6 +141,8 @@ class FeatureCache:
         if is_train_view(view) or spec["jpeg_quality"] is None:
             del spec["jpeg_quality"]
         parts = {"encoder": self.describe, "spec": spec, "view": view}
+        if view == "eval":  # decoded as serving decodes it; features cached before that are not reused
+            parts["decode"] = "served"
         if is_train_view(view):
             parts["augment"] = self.augment.model_dump(mode="json")
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]

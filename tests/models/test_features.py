@@ -93,3 +93,32 @@ def test_unknown_view_and_missing_features(tmp_path, write_image):
     bad = pd.concat([rows, pd.DataFrame({"path": [str(broken)], "sha256": ["f" * 64]})], ignore_index=True)
     with pytest.raises(KeyError, match="no 'eval' features"):
         _cache(tmp_path).matrix(bad, "eval")
+
+
+def test_the_eval_view_sees_a_large_jpeg_as_serving_prepares_it(tmp_path):
+    """Serving decodes a large JPEG at DCT scale and box-reduces it (``decode_with_header``); the cached eval
+    view must start from that same image, or an eval-time re-save happens at another size than in serving."""
+    import dataclasses
+    import io
+
+    from PIL import Image
+
+    from genart.data.transforms import decode_image, eval_transform
+    from genart.models.features import Featurize
+    from genart.serve.deployments import prepare_image
+
+    spec = dataclasses.replace(SPEC, jpeg_quality=90)
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)).resize((1000, 750))
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", quality=95)
+    path = tmp_path / "large.jpg"
+    path.write_bytes(buffer.getvalue())
+    batch = {"path": np.array([str(path)]), "sha256": np.array(["a" * 64])}
+
+    cached = Featurize(MeanEncoder, spec, "eval", None)(batch)["features"]
+    prepared = prepare_image(path.read_bytes(), {"k": spec.to_dict()})
+    served = MeanEncoder().features(prepared.tensors["k"][None])
+    np.testing.assert_array_equal(cached, served)
+    full_decode = MeanEncoder().features(eval_transform(spec)(decode_image(path.read_bytes()))[None])
+    assert not np.allclose(full_decode, served)  # what the cache held before: a different re-save
