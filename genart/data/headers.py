@@ -410,6 +410,10 @@ def check_budget(
         header if decoded_size is None else replace(header, width=decoded_size[0], height=decoded_size[1])
     )
     cost = preprocess_cost(decoded, specs, augmented)
+    if decoded_size is not None:  # draft steps by powers of two; a box resample ends at the reduce's size
+        factor = reduce_factor((header.width, header.height), specs)
+        reduced = (math.ceil(header.width / factor), math.ceil(header.height / factor))
+        cost += _RGB * reduced[0] * reduced[1] if reduced != tuple(decoded_size) else 0
     if cost > limits.max_preprocess_bytes:
         raise ImageBudgetError(
             "max_preprocess_bytes", cost, limits.max_preprocess_bytes, "the memory preprocessing would need"

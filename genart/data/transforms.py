@@ -123,8 +123,10 @@ def decode_with_header(
     :class:`ImageBudgetError`, anything whose decode and transform for ``specs`` would pass ``limits``;
     only then is a pixel decoded. When every spec resizes, and the image is not ``augmented`` (training and
     the robustness degradations work on the full image), decoding takes the cheapest path to the model's
-    input: JPEG DCT scaling (``draft``) and a box reduce, both stopping at twice the resize target, as
-    Pillow's thumbnail does.
+    input: an integer box reduce that stops at twice the resize target, as Pillow's thumbnail does
+    (:func:`~genart.data.headers.reduce_factor`). A JPEG gets there by DCT scaling (``draft``, powers of two)
+    and a box resample to exactly the size the reduce of its full decode has, so an image reaches the
+    transforms (and :class:`CanonicalJPEG` its re-save) at one size, however it was decoded.
 
     EXIF orientation is applied, palette/CMYK/greyscale become RGB, and transparency is composited on white.
     """
@@ -132,21 +134,22 @@ def decode_with_header(
     image = open_image(data, limits)
     header = read_header(image, data, limits.max_frames)
     factor = 1 if augmented else reduce_factor((header.width, header.height), specs)
+    reduced = (-(-header.width // factor), -(-header.height // factor))  # the size Image.reduce(factor) gives
     drafted = None
     if factor > 1 and header.format in ("JPEG", "MPO"):
-        image.draft(None, (header.width // factor, header.height // factor))
+        image.draft(None, reduced)
         drafted = image.size
     check_budget(header, limits, specs, augmented, decoded_size=drafted)
     try:
         image.load()
         upright = (image.getexif().get(0x0112, 1) or 1) == 1  # after load: a PNG's eXIf may follow its pixels
-        factor = 1 if augmented else reduce_factor(image.size, specs)
-        if factor > 1:
+        if factor > 1 and image.size != reduced:
             if image.mode not in REDUCIBLE_MODES:
                 image = image.convert(
                     "I" if image.mode.startswith("I;16") else "RGBA" if header.transparency else "RGB"
                 )
-            image = image.reduce(factor)
+            # DCT scaling steps by powers of two: a box resample finishes at the size a full decode reduces to
+            image = image.reduce(factor) if drafted is None else image.resize(reduced, Image.Resampling.BOX)
         if not upright:  # exif_transpose copies even an upright image
             image = ImageOps.exif_transpose(image)
         return _to_rgb(image), header
@@ -313,10 +316,9 @@ class CanonicalJPEG:
 
     The size is part of the rule: a re-save at a 12-megapixel phone photo's native size, then a 16x
     down-scale, made such photos look generated (real-sample, README); at the model's 224 px it left the
-    leave-one-source-out figures where they were. A decoder that already reduced the image (the DCT-scaled
-    JPEG decode of :func:`decode_with_header`) is reduced no further, so for JPEGs over about 900 px the
-    re-save can be at up to twice the size; serving and the frozen encoders' eval view
-    (:mod:`genart.models.features`) both decode that way, so they re-save at the same size.
+    leave-one-source-out figures where they were. An image :func:`decode_with_header` already reduced is
+    reduced no further: it arrives at the size the reduce of its full decode has, whether JPEG DCT scaling
+    got it there (serving, and the frozen encoders' eval view) or not.
     """
 
     def __init__(self, spec: InputSpec) -> None:

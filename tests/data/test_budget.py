@@ -15,7 +15,7 @@ from PIL import Image
 from genart.bench import hostile
 from genart.bench.budget import SPEC_SETS, Sandbox
 from genart.config import DecodeLimits
-from genart.data.headers import ImageBudgetError, check_budget, open_image, read_header
+from genart.data.headers import ImageBudgetError, check_budget, open_image, read_header, reduce_factor
 from genart.data.transforms import (
     ImageDecodeError,
     InputSpec,
@@ -108,6 +108,18 @@ def test_large_jpeg_decodes_at_draft_scale_with_the_same_model_input() -> None:
     assert 2 * 256 <= min(drafted.size) < 1500
     a, b = eval_transform(RESIZE)(drafted), eval_transform(RESIZE)(full)
     assert a.shape == b.shape and float((a - b).abs().mean()) < 0.02
+
+
+@pytest.mark.parametrize("size", [(2000, 1500), (2600, 1950), (1950, 2600), (3001, 2251)])
+def test_a_drafted_jpeg_arrives_at_the_size_its_full_decode_reduces_to(size) -> None:
+    """DCT scaling steps by powers of two, the box reduce by any integer (here 2, 3, 3, 4): the decode ends at
+    the reduce's size either way, so an eval-time re-save (CanonicalJPEG) happens at one size."""
+    buffer = io.BytesIO()
+    Image.new("RGB", size, (120, 80, 40)).save(buffer, "JPEG", quality=90)
+    drafted, _ = decode_with_header(buffer.getvalue(), [RESIZE])
+    factor = reduce_factor(size, [RESIZE])
+    assert drafted.size == decode_image(buffer.getvalue()).reduce(factor).size
+    assert reduce_factor(drafted.size, [RESIZE]) == 1
 
 
 def test_a_crop_model_keeps_native_pixels() -> None:
