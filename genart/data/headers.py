@@ -36,6 +36,7 @@ __all__ = [
     "preprocess_cost",
     "read_header",
     "reduce_factor",
+    "reduced_size",
 ]
 
 _OPEN_ERRORS = (Image.DecompressionBombError, OSError, ValueError, SyntaxError, EOFError)
@@ -321,12 +322,17 @@ def reduce_factor(size: tuple[int, int], specs: Sequence[SpecLike]) -> int:
     return max(1, min(size) // (2 * target))
 
 
+def reduced_size(size: tuple[int, int], factor: int) -> tuple[int, int]:
+    """The size ``Image.reduce(factor)`` gives an image of ``size`` (each side divided, rounded up)."""
+    return -(-size[0] // factor), -(-size[1] // factor)
+
+
 def _transform_cost(width: int, height: int, spec: SpecLike) -> int:
     """Bytes one model input's transform allocates from an RGB image of this size."""
     canonical = 0
     if getattr(spec, "jpeg_quality", None) is not None:  # CanonicalJPEG: reduced copy, re-save, its decode
         factor = reduce_factor((width, height), [spec])
-        width, height = math.ceil(width / factor), math.ceil(height / factor)
+        width, height = reduced_size((width, height), factor)
         canonical = _RGB * width * height * (3 if factor > 1 else 2)
     return canonical + _geometry_cost(width, height, spec)
 
@@ -360,7 +366,7 @@ def preprocess_cost(header: ImageHeader, specs: Sequence[SpecLike] = (), augment
     if factor > 1:
         if header.mode not in REDUCIBLE_MODES:
             cost += pixels * _RGB  # converted first so that it can be reduced
-        width, height = math.ceil(width / factor), math.ceil(height / factor)
+        width, height = reduced_size((width, height), factor)
         pixels = width * height
         cost += pixels * _RGB
     if header.orientation != 1:
@@ -411,8 +417,8 @@ def check_budget(
     )
     cost = preprocess_cost(decoded, specs, augmented)
     if decoded_size is not None:  # draft steps by powers of two; a box resample ends at the reduce's size
-        factor = reduce_factor((header.width, header.height), specs)
-        reduced = (math.ceil(header.width / factor), math.ceil(header.height / factor))
+        full = (header.width, header.height)
+        reduced = reduced_size(full, reduce_factor(full, specs))
         cost += _RGB * reduced[0] * reduced[1] if reduced != tuple(decoded_size) else 0
     if cost > limits.max_preprocess_bytes:
         raise ImageBudgetError(

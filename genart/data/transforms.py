@@ -34,6 +34,7 @@ from genart.data.headers import (
     open_image,
     read_header,
     reduce_factor,
+    reduced_size,
 )
 
 __all__ = [
@@ -134,7 +135,7 @@ def decode_with_header(
     image = open_image(data, limits)
     header = read_header(image, data, limits.max_frames)
     factor = 1 if augmented else reduce_factor((header.width, header.height), specs)
-    reduced = (-(-header.width // factor), -(-header.height // factor))  # the size Image.reduce(factor) gives
+    reduced = reduced_size((header.width, header.height), factor)
     drafted = None
     if factor > 1 and header.format in ("JPEG", "MPO"):
         image.draft(None, reduced)
