@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,15 @@ from genart.data.transforms import (
     train_transform,
 )
 
-__all__ = ["ManifestDataset", "cap_per_generator", "decode_batch", "make_dataset", "select_rows"]
+__all__ = [
+    "ManifestDataset",
+    "cap_per_generator",
+    "decode_batch",
+    "epoch_passes",
+    "make_dataset",
+    "select_rows",
+    "split_epochs",
+]
 
 # What a selected row carries from the manifest besides path, label and generator, where the manifest has it.
 ROW_PROVENANCE = ("sha256", *PROVENANCE_COLUMNS)
@@ -144,6 +153,41 @@ def decode_batch(
     }
 
 
+def epoch_passes(rows: pd.DataFrame, epochs: int, seed: int | None, rows_per_epoch: int | None = None):
+    """``epochs`` passes over ``rows`` one after another, each shuffled with its own seed (``seed + pass``;
+    none with ``seed=None``) and cut to its first ``rows_per_epoch`` rows when given: the table a training
+    dataset reads in one execution (:func:`make_dataset`, :func:`split_epochs`)."""
+    passes = [
+        rows if seed is None else rows.sample(frac=1.0, random_state=seed + i) for i in range(max(1, epochs))
+    ]
+    return pd.concat([p.iloc[:rows_per_epoch] for p in passes], ignore_index=True)
+
+
+def split_epochs(batches: Iterable[dict[str, Any]], rows_per_epoch: float, passes: int) -> Iterator[Iterator]:
+    """Cut one stream of batches, a dataset of ``passes`` epochs read in one execution, into its epochs: epoch
+    ``e`` ends once ``(e + 1) * rows_per_epoch`` rows have gone by (a batch counts to the epoch it starts in),
+    and the last pass takes what is left. Each epoch's iterator must be used up before the next is taken.
+
+    Ray Data 2.60 runs each read of a dataset as a new execution that starts with a second of zero resource
+    limits (the README's bench-data section): a train loop that reads its shard once per epoch pays it every
+    epoch, one read of all the epochs pays it once. ``rows_per_epoch`` is per consumer: a rank's share.
+    """
+    stream, seen = iter(batches), 0
+
+    def epoch(end: float | None) -> Iterator[dict[str, Any]]:
+        nonlocal seen
+        while end is None or seen < end:
+            try:
+                batch = next(stream)
+            except StopIteration:
+                return
+            seen += len(batch["target"])
+            yield batch
+
+    for e in range(passes):
+        yield epoch(None if e == passes - 1 else (e + 1) * rows_per_epoch)
+
+
 def make_dataset(
     rows: pd.DataFrame,
     spec: InputSpec,
@@ -154,28 +198,32 @@ def make_dataset(
     num_cpus: float = 1.0,
     num_blocks: int | None = None,
     as_uint8: bool = False,
+    epochs: int = 1,
+    rows_per_epoch: int | None = None,
 ):
     """A lazy Ray Dataset streaming decoded batches from ``rows`` (see :func:`select_rows`).
 
     ``as_uint8``: images stay uint8, a quarter of float32's bytes through the object store and into the
     consumer; the consumer normalises them (:func:`genart.data.transforms.normalize`), as the train loop does.
 
-    When training, rows are shuffled once with ``seed``, blocks are visited in a new order each epoch, and
-    the train loop adds a local shuffle buffer. Decoding runs in Ray tasks of ``num_cpus`` each, in parallel
-    across the cluster.
+    When training, the dataset holds ``epochs`` passes over ``rows`` (:func:`epoch_passes`: each shuffled with
+    its own seed from ``seed``, and cut to ``rows_per_epoch`` rows when given), to be read once and cut into
+    epochs by :func:`split_epochs`, as the train loop does; the train loop adds a local shuffle buffer. A
+    dataset of one pass visits its blocks in a new order each time it is read. Decoding runs in Ray tasks of
+    ``num_cpus`` each, in parallel across the cluster.
     """
     import ray.data
 
     table = rows[["path", "target", "generator"]]
-    if training and seed is not None:
-        table = table.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+    if training:
+        table = epoch_passes(table, epochs, seed, rows_per_epoch)
     blocks = num_blocks or max(1, min(math.ceil(len(table) / (batch_size * BATCHES_PER_BLOCK)), 200))
     # Split here rather than with override_num_blocks: Ray 2.60 splits with np.array_split, which returns
     # bare arrays for pandas 3 DataFrames and then fails.
     bounds = np.linspace(0, len(table), blocks + 1).astype(int)
     ds = ray.data.from_pandas([table.iloc[a:b] for a, b in itertools.pairwise(bounds) if b > a])
-    if training:
-        ds = ds.randomize_block_order()  # no seed: each epoch's pass visits the blocks in a new order
+    if training and epochs <= 1:
+        ds = ds.randomize_block_order()  # no seed: each read visits the blocks in a new order
     return ds.map_batches(
         decode_batch,
         batch_size=batch_size,

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from genart.config import GenartConfig, TrainConfig
+from genart.data.pipeline import split_epochs
 from genart.data.transforms import InputSpec, normalize
 from genart.evaluate.metrics import binary_metrics
 from genart.models.artifact import WEIGHTS_FILE, ArtifactMeta, save_artifact
@@ -342,11 +343,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> list[dict[str, Any]]:
     mlflow_client = _mlflow_client(loop_config) if rank == 0 else None
     history: list[dict[str, Any]] = list(state.get("history", []))
 
-    for epoch in range(state["epoch"] + 1, t.epochs):
+    # The train shard holds every epoch and is read once (make_dataset, split_epochs); a resumed run takes the
+    # epochs it has left from its start.
+    shuffle = {"local_shuffle_buffer_size": max(256, t.batch_size * 8),
+               "local_shuffle_seed": config.data.seed + rank}  # fmt: skip
+    stream = _batches(shards["train"], t.batch_size, device, spec, **shuffle)
+    passes = split_epochs(stream, loop_config["train_rows"] / world, t.epochs)
+    for epoch, batches in zip(range(state["epoch"] + 1, t.epochs), passes, strict=False):
         started = time.perf_counter()
-        shuffle = {"local_shuffle_buffer_size": max(256, t.batch_size * 8),
-                   "local_shuffle_seed": config.data.seed + epoch * world + rank}  # fmt: skip
-        batches = _batches(shards["train"], t.batch_size, device, spec, **shuffle)
         counts = train_epoch(
             model, batches, optimizer, schedule, epoch, scaler, amp, t.limit_train_batches,
             log_steps=rank == 0 and t.verbose,

@@ -135,9 +135,14 @@ def build_trainer(
     train_rows, val_rows = _rows(config, manifest, "train", classes), _rows(config, manifest, "val", classes)
     meta, spec = _artifact_meta(config, manifest, classes, train_rows, val_rows)
     columns = ["image", "target"]
+    # Every epoch in one dataset, read once by the train loop (split_epochs); a batch limit cuts each pass.
+    workers = max(1, t.num_workers)  # 0: local mode, one process
+    limit = t.limit_train_batches * t.batch_size * workers if t.limit_train_batches else len(train_rows)
+    per_epoch = min(len(train_rows), limit)
     datasets = {
         "train": make_dataset(train_rows, spec, training=True, augment=config.augment, seed=config.data.seed,
-                              batch_size=t.batch_size, as_uint8=True).select_columns(columns),
+                              batch_size=t.batch_size, as_uint8=True, epochs=t.epochs,
+                              rows_per_epoch=per_epoch).select_columns(columns),
         "val": make_dataset(val_rows, spec, training=False, batch_size=t.batch_size,
                             as_uint8=True).select_columns(columns),
     }  # fmt: skip
@@ -146,7 +151,7 @@ def build_trainer(
         train_loop_per_worker,
         train_loop_config={
             "config": config.model_dump(mode="json"),
-            "train_rows": len(train_rows),
+            "train_rows": per_epoch,
             "num_classes": len(classes),
             "meta": meta.model_dump(mode="json"),
             "mlflow": mlflow_info,

@@ -1,10 +1,18 @@
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from genart.data.pipeline import ManifestDataset, decode_batch, make_dataset, select_rows
+from genart.data.pipeline import (
+    ManifestDataset,
+    decode_batch,
+    epoch_passes,
+    make_dataset,
+    select_rows,
+    split_epochs,
+)
 from genart.data.transforms import InputSpec, normalize
 
 SPEC = InputSpec(32, mean=(0.5,) * 3, std=(0.5,) * 3, crop_policy="crop")
@@ -109,6 +117,44 @@ def test_ray_training_pipeline_augments_and_shuffles(synth_manifest: Path, ray_c
     assert batch["image"].shape == (16, 3, 32, 32)
     assert list(batch["path"]) != list(rows["path"][:16])
     assert set(batch["generator"]) <= set(rows["generator"])
+
+
+def test_epoch_passes_shuffle_each_pass_its_own_way_and_cut_each_one() -> None:
+    rows = pd.DataFrame({"path": [f"{i}.png" for i in range(10)], "target": [i % 2 for i in range(10)]})
+    passes = epoch_passes(rows, 3, seed=0)
+    orders = [list(passes["path"][i * 10 : (i + 1) * 10]) for i in range(3)]
+    assert len(passes) == 30 and all(sorted(o) == sorted(rows["path"]) for o in orders)
+    assert len({tuple(o) for o in orders}) == 3 and orders[0] != list(rows["path"])
+    assert list(epoch_passes(rows, 2, seed=None)["path"]) == list(rows["path"]) * 2
+    cut = epoch_passes(rows, 3, seed=0, rows_per_epoch=4)
+    assert len(cut) == 12 and all(cut["path"][i * 4 : (i + 1) * 4].is_unique for i in range(3))
+
+
+def test_split_epochs_ends_each_epoch_at_its_rows_and_the_last_pass_takes_the_rest() -> None:
+    pulled = []
+
+    def stream(batches: int, size: int):
+        for i in range(batches):
+            pulled.append(i)
+            yield {"target": np.arange(size)}
+
+    epochs = [len(list(e)) for e in split_epochs(stream(10, 3), rows_per_epoch=10, passes=3)]
+    assert epochs == [4, 3, 3]  # 12 rows, then 21 (a batch counts to the epoch it starts in), then the rest
+    pulled.clear()
+    resumed = zip(range(2), split_epochs(stream(10, 3), rows_per_epoch=10, passes=3), strict=False)
+    assert [len(list(e)) for _, e in resumed] == [4, 3] and pulled == list(range(7))  # the rest never read
+    assert [len(list(e)) for e in split_epochs(stream(2, 3), rows_per_epoch=10, passes=3)] == [2, 0, 0]
+
+
+@pytest.mark.ray
+def test_a_training_dataset_holds_every_epoch_and_is_cut_into_them(synth_manifest: Path, ray_cluster) -> None:
+    rows = select_rows(synth_manifest, "train")
+    ds = make_dataset(rows, SPEC, training=True, seed=1, batch_size=16, epochs=2)
+    stream = ds.iter_batches(batch_size=16, batch_format="numpy")
+    epochs = [np.concatenate([b["path"] for b in e]) for e in split_epochs(stream, len(rows), passes=2)]
+    first = -(-len(rows) // 16) * 16  # whole batches: the one that crosses the end counts to the first epoch
+    assert [len(e) for e in epochs] == [first, 2 * len(rows) - first]
+    assert pd.Series(np.concatenate(epochs)).value_counts().eq(2).all()  # each image once per pass
 
 
 def test_select_rows_gives_attribution_targets_in_class_order(synth_manifest: Path) -> None:
