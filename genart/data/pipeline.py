@@ -46,11 +46,19 @@ ROW_PROVENANCE = ("sha256", *PROVENANCE_COLUMNS)
 
 log = logging.getLogger(__name__)
 
-# Batches per input block, so per Ray Data task. Ray Data 2.60's executor notices a finished task only on its
-# next wait (up to 100 ms), and a CPU stays idle meanwhile: with one batch per task (0.3 s of decoding at
-# 224 px) the decode processes idled about 40% of the time. Four batches per task amortise it (measured:
-# the README's bench-data section); the train loop's local shuffle buffer mixes the blocks.
-BATCHES_PER_BLOCK = 4
+# The decoded bytes each input block, so each Ray Data task, aims at. Ray Data 2.60's executor notices a
+# finished task only on its next wait (up to 100 ms, and its end of stream on a later one), and a CPU stays
+# idle meanwhile: with one 32-image batch per task (0.3 s of decoding at 224 px) the decode processes idled
+# about 40% of the time, and with 128 images of 128 px per task (0.18 s) about half. Blocks of about 32 MiB
+# (192 uint8 images at 224 px, 672 at 128 px: 1-2 s of decoding here) amortise it, and stay well under Ray
+# Data's 128 MiB target for a block (measured: the README's bench-data section).
+BLOCK_BYTES = 32 * 2**20
+
+
+def rows_per_block(spec: InputSpec, batch_size: int, as_uint8: bool) -> int:
+    """Whole batches of decoded images adding up to about :data:`BLOCK_BYTES`, at least one batch."""
+    row = 3 * spec.input_size**2 * (1 if as_uint8 else 4)
+    return max(1, BLOCK_BYTES // (row * batch_size)) * batch_size
 
 
 def cap_per_generator(rows: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
@@ -212,15 +220,21 @@ def make_dataset(
     dataset of one pass visits its blocks in a new order each time it is read. Decoding runs in Ray tasks of
     ``num_cpus`` each, in parallel across the cluster.
     """
+    import ray
     import ray.data
 
     table = rows[["path", "target", "generator"]]
     if training:
         table = epoch_passes(table, epochs, seed, rows_per_epoch)
-    blocks = num_blocks or max(1, min(math.ceil(len(table) / (batch_size * BATCHES_PER_BLOCK)), 200))
+    if num_blocks:
+        bounds = np.linspace(0, len(table), num_blocks + 1).astype(int)
+    else:  # blocks of whole batches, and at least two per CPU where there are batches enough
+        size = rows_per_block(spec, batch_size, as_uint8)
+        cpus = int(ray.cluster_resources().get("CPU", 1)) if ray.is_initialized() else 1
+        size = min(size, max(batch_size, math.ceil(len(table) / (2 * cpus) / batch_size) * batch_size))
+        bounds = np.append(np.arange(0, len(table), size), len(table))
     # Split here rather than with override_num_blocks: Ray 2.60 splits with np.array_split, which returns
     # bare arrays for pandas 3 DataFrames and then fails.
-    bounds = np.linspace(0, len(table), blocks + 1).astype(int)
     ds = ray.data.from_pandas([table.iloc[a:b] for a, b in itertools.pairwise(bounds) if b > a])
     if training and epochs <= 1:
         ds = ds.randomize_block_order()  # no seed: each read visits the blocks in a new order

@@ -10,6 +10,7 @@ from genart.data.pipeline import (
     decode_batch,
     epoch_passes,
     make_dataset,
+    rows_per_block,
     select_rows,
     split_epochs,
 )
@@ -128,6 +129,15 @@ def test_epoch_passes_shuffle_each_pass_its_own_way_and_cut_each_one() -> None:
     assert list(epoch_passes(rows, 2, seed=None)["path"]) == list(rows["path"]) * 2
     cut = epoch_passes(rows, 3, seed=0, rows_per_epoch=4)
     assert len(cut) == 12 and all(cut["path"][i * 4 : (i + 1) * 4].is_unique for i in range(3))
+
+
+def test_a_block_holds_whole_batches_of_about_32_mib_decoded() -> None:
+    def rows(size: int, as_uint8: bool = True, batch: int = 32) -> int:
+        return rows_per_block(InputSpec(size, mean=(0.5,) * 3, std=(0.5,) * 3), batch, as_uint8)
+
+    assert (rows(224), rows(128)) == (192, 672)  # 32 MiB of uint8 images: 6 and 21 batches
+    assert rows(224, as_uint8=False) == 32 and rows(448, as_uint8=False) == 32  # never less than a batch
+    assert rows(224, batch=100) == 200
 
 
 def test_split_epochs_ends_each_epoch_at_its_rows_and_the_last_pass_takes_the_rest() -> None:
