@@ -55,10 +55,14 @@ log = logging.getLogger(__name__)
 BLOCK_BYTES = 32 * 2**20
 
 
+def batch_bytes(spec: InputSpec, batch_size: int, as_uint8: bool) -> int:
+    """The bytes of one batch of decoded images."""
+    return batch_size * 3 * spec.input_size**2 * (1 if as_uint8 else 4)
+
+
 def rows_per_block(spec: InputSpec, batch_size: int, as_uint8: bool) -> int:
     """Whole batches of decoded images adding up to about :data:`BLOCK_BYTES`, at least one batch."""
-    row = 3 * spec.input_size**2 * (1 if as_uint8 else 4)
-    return max(1, BLOCK_BYTES // (row * batch_size)) * batch_size
+    return max(1, BLOCK_BYTES // batch_bytes(spec, batch_size, as_uint8)) * batch_size
 
 
 def cap_per_generator(rows: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
@@ -133,9 +137,11 @@ def decode_batch(
     training: bool = False,
     augment: dict[str, Any] | None = None,
     as_uint8: bool = False,
+    columns: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Read, decode and transform a batch of manifest rows into ``image`` (N, 3, H, W float32, or uint8 not
-    yet normalised with ``as_uint8``: :func:`genart.data.transforms.normalize` finishes it) and labels.
+    yet normalised with ``as_uint8``: :func:`genart.data.transforms.normalize` finishes it) and labels; only
+    ``columns`` of them when given.
 
     A file that no longer decodes (changed since it was indexed), or whose header passes the decoding budget,
     is dropped with a warning, so one bad file cannot kill a multi-hour training run.
@@ -153,12 +159,13 @@ def decode_batch(
     size = int(spec.get("input_size", 224))
     dtype = np.uint8 if as_uint8 else np.float32
     stacked = np.stack(images) if images else np.zeros((0, 3, size, size), dtype)
-    return {
+    out = {
         "image": stacked.astype(dtype, copy=False),
         "target": np.asarray(batch["target"])[keep].astype(np.int64),
         "generator": np.asarray(batch["generator"])[keep],
         "path": np.asarray(batch["path"])[keep],
     }
+    return {k: out[k] for k in columns} if columns else out
 
 
 def epoch_passes(rows: pd.DataFrame, epochs: int, seed: int | None, rows_per_epoch: int | None = None):
@@ -208,6 +215,7 @@ def make_dataset(
     as_uint8: bool = False,
     epochs: int = 1,
     rows_per_epoch: int | None = None,
+    columns: list[str] | None = None,
 ):
     """A lazy Ray Dataset streaming decoded batches from ``rows`` (see :func:`select_rows`).
 
@@ -218,7 +226,8 @@ def make_dataset(
     its own seed from ``seed``, and cut to ``rows_per_epoch`` rows when given), to be read once and cut into
     epochs by :func:`split_epochs`, as the train loop does; the train loop adds a local shuffle buffer. A
     dataset of one pass visits its blocks in a new order each time it is read. Decoding runs in Ray tasks of
-    ``num_cpus`` each, in parallel across the cluster.
+    ``num_cpus`` each, in parallel across the cluster. ``columns``: the ones to keep (of ``image``,
+    ``target``, ``generator`` and ``path``), dropped in the decode task before they reach the object store.
     """
     import ray
     import ray.data
@@ -248,6 +257,7 @@ def make_dataset(
             "training": training,
             "augment": augment.model_dump(mode="json") if augment else None,
             "as_uint8": as_uint8,
+            "columns": columns,
         },
     )
 

@@ -142,9 +142,9 @@ def build_trainer(
     datasets = {
         "train": make_dataset(train_rows, spec, training=True, augment=config.augment, seed=config.data.seed,
                               batch_size=t.batch_size, as_uint8=True, epochs=t.epochs,
-                              rows_per_epoch=per_epoch).select_columns(columns),
+                              rows_per_epoch=per_epoch, columns=columns),
         "val": make_dataset(val_rows, spec, training=False, batch_size=t.batch_size,
-                            as_uint8=True).select_columns(columns),
+                            as_uint8=True, columns=columns),
     }  # fmt: skip
     resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
     return TorchTrainer(

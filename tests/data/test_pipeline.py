@@ -159,9 +159,11 @@ def test_split_epochs_ends_each_epoch_at_its_rows_and_the_last_pass_takes_the_re
 @pytest.mark.ray
 def test_a_training_dataset_holds_every_epoch_and_is_cut_into_them(synth_manifest: Path, ray_cluster) -> None:
     rows = select_rows(synth_manifest, "train")
-    ds = make_dataset(rows, SPEC, training=True, seed=1, batch_size=16, epochs=2)
+    ds = make_dataset(rows, SPEC, training=True, seed=1, batch_size=16, epochs=2, columns=["path", "target"])
     stream = ds.iter_batches(batch_size=16, batch_format="numpy")
-    epochs = [np.concatenate([b["path"] for b in e]) for e in split_epochs(stream, len(rows), passes=2)]
+    epochs = [[b for b in e] for e in split_epochs(stream, len(rows), passes=2)]
+    assert all(set(b) == {"path", "target"} for e in epochs for b in e)  # the other columns stayed behind
+    epochs = [np.concatenate([b["path"] for b in e]) for e in epochs]
     first = -(-len(rows) // 16) * 16  # whole batches: the one that crosses the end counts to the first epoch
     assert [len(e) for e in epochs] == [first, 2 * len(rows) - first]
     assert pd.Series(np.concatenate(epochs)).value_counts().eq(2).all()  # each image once per pass
