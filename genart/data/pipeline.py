@@ -55,14 +55,10 @@ log = logging.getLogger(__name__)
 BLOCK_BYTES = 32 * 2**20
 
 
-def batch_bytes(spec: InputSpec, batch_size: int, as_uint8: bool) -> int:
-    """The bytes of one batch of decoded images."""
-    return batch_size * 3 * spec.input_size**2 * (1 if as_uint8 else 4)
-
-
 def rows_per_block(spec: InputSpec, batch_size: int, as_uint8: bool) -> int:
     """Whole batches of decoded images adding up to about :data:`BLOCK_BYTES`, at least one batch."""
-    return max(1, BLOCK_BYTES // batch_bytes(spec, batch_size, as_uint8)) * batch_size
+    batch_bytes = batch_size * 3 * spec.input_size**2 * (1 if as_uint8 else 4)
+    return max(1, BLOCK_BYTES // batch_bytes) * batch_size
 
 
 def cap_per_generator(rows: pd.DataFrame, limit: int | None, seed: int = 0) -> pd.DataFrame:
@@ -168,7 +164,9 @@ def decode_batch(
     return {k: out[k] for k in columns} if columns else out
 
 
-def epoch_passes(rows: pd.DataFrame, epochs: int, seed: int | None, rows_per_epoch: int | None = None):
+def epoch_passes(
+    rows: pd.DataFrame, epochs: int, seed: int | None, rows_per_epoch: int | None = None
+) -> pd.DataFrame:
     """``epochs`` passes over ``rows`` one after another, each shuffled with its own seed (``seed + pass``;
     none with ``seed=None``) and cut to its first ``rows_per_epoch`` rows when given: the table a training
     dataset reads in one execution (:func:`make_dataset`, :func:`split_epochs`)."""

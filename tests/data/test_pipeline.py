@@ -161,7 +161,7 @@ def test_a_training_dataset_holds_every_epoch_and_is_cut_into_them(synth_manifes
     rows = select_rows(synth_manifest, "train")
     ds = make_dataset(rows, SPEC, training=True, seed=1, batch_size=16, epochs=2, columns=["path", "target"])
     stream = ds.iter_batches(batch_size=16, batch_format="numpy")
-    epochs = [[b for b in e] for e in split_epochs(stream, len(rows), passes=2)]
+    epochs = [list(e) for e in split_epochs(stream, len(rows), passes=2)]
     assert all(set(b) == {"path", "target"} for e in epochs for b in e)  # the other columns stayed behind
     epochs = [np.concatenate([b["path"] for b in e]) for e in epochs]
     first = -(-len(rows) // 16) * 16  # whole batches: the one that crosses the end counts to the first epoch
