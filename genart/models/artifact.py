@@ -25,7 +25,7 @@ from torch import nn
 
 import genart
 from genart.data.layout import CLASSES
-from genart.data.transforms import InputSpec, eval_transform
+from genart.data.transforms import InputSpec, eval_transform, normalize
 from genart.models.predict import ai_probability
 
 __all__ = [
@@ -94,8 +94,14 @@ class LoadedModel:
 
     @torch.inference_mode()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for a batch (N, 3, H, W) of this model's eval transform: normalised float32, or the uint8
+        images of a transform built with ``as_uint8=True`` (what serving hands over: a quarter of the
+        bytes), normalised here on the model's device by :func:`~genart.data.transforms.normalize`."""
         device = next(self.model.parameters()).device
-        return self.model(images.to(device)).float().cpu()
+        images = images.to(device)
+        if images.dtype == torch.uint8:
+            images = normalize(images, self.spec)
+        return self.model(images).float().cpu()
 
     def predict_proba(self, images: torch.Tensor) -> np.ndarray:
         """Calibrated P(ai) = 1 - P(nature) for a batch of transformed images (N, 3, H, W)."""

@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -32,7 +33,28 @@ def test_prepare_image_decodes_once_and_makes_each_spec_tensor() -> None:
     prepared = prepare_image(image_bytes((64, 40)), {"a": small, "b": large})
     assert prepared.error is None and (prepared.width, prepared.height) == (64, 40)
     assert prepared.tensors["a"].shape == (3, 32, 32) and prepared.tensors["b"].shape == (3, 48, 48)
+    assert {t.dtype for t in prepared.tensors.values()} == {np.dtype(np.uint8)}  # 1/4 of float32
     assert spec_key(small) == spec_key(InputSpec(input_size=32, crop_policy="crop")) != spec_key(large)
+
+
+@pytest.mark.parametrize("zoo", ["tiny_residual", "tiny_vit"])  # a native-resolution crop, a resize
+def test_a_served_uint8_tensor_scores_as_the_evaluated_float_one(tmp_path, zoo: str) -> None:
+    """Serving hands the models uint8 tensors, and the model normalises them (``LoadedModel.logits``);
+    evaluation hands it the eval transform's float32. The logits must be the same."""
+    import torch
+
+    from genart.data.transforms import decode_image
+    from genart.models.artifact import load_artifact
+    from tests.conftest import untrained_artifact
+
+    loaded = load_artifact(untrained_artifact(tmp_path, "m", zoo, seed=0, threshold=0.5))
+    data = image_bytes((90, 70), seed=3, fmt="JPEG")
+    served = prepare_image(data, {"k": loaded.spec.to_dict()}).tensors["k"]
+    evaluated = loaded.transform(decode_image(data))
+    assert served.dtype == np.uint8 and evaluated.dtype == torch.float32
+    np.testing.assert_allclose(
+        loaded.logits(torch.from_numpy(served[None])), loaded.logits(evaluated[None]), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
