@@ -80,7 +80,7 @@ def prepare_image(
         prepared.width, prepared.height = header.upright_size
         prepared.format = header.format
         for key, spec in input_specs.items():
-            prepared.tensors[key] = eval_transform(spec, as_uint8=True)(image).numpy()
+            prepared.tensors[key] = eval_transform(spec, as_uint8=True)(image).contiguous().numpy()
     except ImageDecodeError as exc:
         prepared.error = str(exc)
         prepared.tensors = {}

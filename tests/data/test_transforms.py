@@ -62,7 +62,7 @@ def test_uint8_transforms_then_normalize_equal_the_float_transforms(spec: InputS
         assert raw.dtype == torch.uint8 and raw.shape == (3, 64, 64)
         out = normalize(raw[None], spec)[0]
         assert out.dtype == torch.float32
-        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(out, expected, atol=0, rtol=0)  # bit for bit (see normalize)
 
 
 def test_normalize_refuses_images_that_are_already_float() -> None:

@@ -54,6 +54,21 @@ def test_features_do_not_depend_on_the_batch(encoder):
     assert np.abs(together[0] - together[1]).max() > 1e-3  # different images, different features
 
 
+def test_served_uint8_pixels_give_the_evaluated_features_bit_for_bit(encoder):
+    """Serving hands the model uint8 images that it normalises (``transforms.normalize``); evaluation and
+    the feature cache use the float eval transform. This encoder quantises its activations on the fly, so
+    inputs 2e-7 apart give features as far apart as an image and its JPEG q96 re-save: they must be equal."""
+    from genart.data.transforms import decode_image, eval_transform, normalize
+    from tests.conftest import image_bytes
+
+    image = decode_image(image_bytes((300, 200), seed=4, fmt="JPEG"), [CLIP_SPEC])
+    evaluated = eval_transform(CLIP_SPEC)(image)[None]
+    served = normalize(eval_transform(CLIP_SPEC, as_uint8=True)(image)[None], CLIP_SPEC)
+    np.testing.assert_array_equal(encoder.features(served), encoder.features(evaluated))
+    nudged = encoder.features(evaluated + 2e-7 * torch.randn(evaluated.shape, generator=torch.manual_seed(0)))
+    assert np.abs(nudged - encoder.features(evaluated)).max() > 1e-3  # why: the encoder is that sensitive
+
+
 def test_head_reproduces_the_regression_and_survives_a_round_trip(encoder):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(80, encoder.dim)).astype(np.float32)
