@@ -7,7 +7,6 @@ import torch
 
 from genart.data.pipeline import (
     ManifestDataset,
-    block_bounds,
     decode_batch,
     epoch_passes,
     make_dataset,
@@ -139,16 +138,6 @@ def test_a_block_holds_whole_batches_of_about_32_mib_decoded() -> None:
     assert (rows(224), rows(128)) == (192, 672)  # 32 MiB of uint8 images: 6 and 21 batches
     assert rows(224, as_uint8=False) == 32 and rows(448, as_uint8=False) == 32  # never less than a batch
     assert rows(224, batch=100) == 200
-
-
-def test_a_run_starts_and_ends_with_small_blocks_and_cuts_every_row_once() -> None:
-    sizes = np.diff(block_bounds(2800, 192, 32, cpus=2)).tolist()
-    assert sizes[:6] == [32, 32, 64, 64, 128, 128] and sizes[-6:] == [128, 128, 64, 64, 32, 32]
-    assert max(sizes) == 192 and sum(sizes) == 2800
-    assert np.diff(block_bounds(5000, 192, 32, cpus=1)).tolist()[:3] == [32, 64, 128]  # one per CPU a step
-    for rows in (0, 1, 31, 100, 700, 2968):  # short tables: still every row, once, in order, no empty block
-        bounds = block_bounds(rows, 672, 32, cpus=4)
-        assert bounds[0] == 0 and bounds[-1] == rows and (np.diff(bounds) > 0).all()
 
 
 def test_split_epochs_ends_each_epoch_at_its_rows_and_the_last_pass_takes_the_rest() -> None:
