@@ -307,8 +307,8 @@ def normalize(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
             "build the dataset with make_dataset(..., as_uint8=True)"
         )
     # The very operations of ToTensor then Normalize, in their order and in float32, so that the values are
-    # bit for bit the same: the frozen INT8 CLIP encoder quantises its activations on the fly, and there an
-    # input 2e-7 away (x - 255 mean) / (255 std) moved one real-sample face's P(ai) from 0.93 to 0.63.
+    # bit for bit the same. The frozen INT8 CLIP encoder quantises its activations on the fly: with the
+    # earlier (x - 255 mean) / (255 std), at most 2e-7 away, a real-sample face went from P(ai) 0.93 to 0.63.
     mean = torch.tensor(spec.mean, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32, device=images.device).view(1, 3, 1, 1)
     return images.float().div_(255).sub_(mean).div_(std)
