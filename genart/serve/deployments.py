@@ -80,6 +80,9 @@ def prepare_image(
         prepared.width, prepared.height = header.upright_size
         prepared.format = header.format
         for key, spec in input_specs.items():
+            # uint8, a quarter of float32's bytes; contiguous because timm's uint8 transform leaves a
+            # channels-last view, and a model fed that layout computes logits that differ from evaluation's
+            # in the last bits (tests/serve/test_units.py checks they are equal)
             prepared.tensors[key] = eval_transform(spec, as_uint8=True)(image).contiguous().numpy()
     except ImageDecodeError as exc:
         prepared.error = str(exc)

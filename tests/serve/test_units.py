@@ -329,7 +329,7 @@ def test_the_config_files_give_the_replicas_the_apps_serve_settings(path: str) -
 def test_an_ingress_layouts_environment_sets_its_variables_and_clears_the_others() -> None:
     from genart.serve.app import INGRESS_ENV, ingress_environment
 
-    base = {"PATH": "/bin", "RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_max_direct_call_object_size": "1048576"}
+    base = {"PATH": "/bin", **INGRESS_ENV["haproxy"]}  # every haproxy variable, left in the shell
     assert ingress_environment("proxy", base) == {"PATH": "/bin"}  # a haproxy shell's leftovers removed
     assert ingress_environment("haproxy", {"PATH": "/bin"}) == {"PATH": "/bin", **INGRESS_ENV["haproxy"]}
     with pytest.raises(ValueError, match="unknown ingress 'nginx'"):
