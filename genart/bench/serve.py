@@ -69,6 +69,7 @@ __all__ = [
 CONCURRENCY = (1, 4, 16, 64)
 CPU_AT = 16  # the concurrency at which CPU per process is read
 GOALS = {"ceiling": 0.8, "plain": 1.2, "layout_cpu_ms": 12.0}
+IDLE_S = 5.0  # seconds of no traffic over which each repeat reads what the Serve app's processes cost idle
 
 PROFILE_HEADER = ["### py-spy: hottest functions per Serve process (share of samples, waiting included)", ""]
 PROFILE_FOOTER = "Collapsed stacks: `profile/*.txt` beside this file (open them in speedscope.app)."
@@ -205,6 +206,15 @@ def serve_processes() -> dict[str, list[int]]:
         if label and not label.startswith("ray::IDLE"):
             roles.setdefault(label.removeprefix("ray::"), []).append(proc.pid)
     return roles
+
+
+def idle_cpu(pids: dict[str, list[int]], seconds: float = IDLE_S) -> dict[str, float]:
+    """CPU ms per second of each role in ``pids`` over ``seconds`` without requests: what Ray's processes and
+    the replicas' own loops cost whether or not anything is served."""
+    before, start = _cpu_seconds(pids), time.perf_counter()
+    time.sleep(seconds)
+    after, elapsed = _cpu_seconds(pids), time.perf_counter() - start
+    return {role: 1000 * (after[role] - before[role]) / elapsed for role in pids}
 
 
 def _forward_usage(models: list[str]) -> np.ndarray:
@@ -377,6 +387,7 @@ def bench_pair(
     ceilings: list[float] = []
     plain_runs: list[dict[int, dict[str, Any]]] = []
     serve_runs: list[dict[int, dict[str, Any]]] = []
+    idle_runs: list[dict[str, float]] = []
     try:
         with ServeApp(artifacts, env, ingress=ingress) as app:
             serve_url, models = f"{app.base}/predict", [f"m{i}" for i in range(len(artifacts))]
@@ -385,6 +396,7 @@ def bench_pair(
             for r in range(repeats):
                 ceilings.append(inproc.run(max(2 * inproc.batch, base)))
                 plain_runs.append(measure(plain.url, images, base, {"plain app": [plain.proc.pid]}))
+                idle_runs.append(idle_cpu(serve_processes()))
                 serve_runs.append(measure(serve_url, images, base, serve_processes(), models))
                 log(
                     f"repeat {r + 1}/{repeats}: ceiling {ceilings[-1]:.1f} img/s; at {CPU_AT} clients, "
@@ -397,7 +409,9 @@ def bench_pair(
                 _stop_profiles(spies)
     finally:
         plain.stop()
-    summary = summarise_pair(pair, images, ceilings, serve_runs, plain_runs, inproc.batch, inproc.threads)
+    summary = summarise_pair(
+        pair, images, ceilings, serve_runs, plain_runs, inproc.batch, inproc.threads, idle_runs
+    )
     return {**summary, "ingress": ingress}
 
 
@@ -409,9 +423,15 @@ def summarise_pair(
     plain_runs: list[dict[int, dict[str, Any]]],
     ceiling_batch: int,
     ceiling_threads: int,
+    idle_runs: list[dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """One pair's result from its repeats (each a :func:`measure` pass): medians, where the CPU went, and
-    the verdicts on the goals."""
+    """One pair's result from its repeats (each a :func:`measure` pass, and the Serve app's
+    :func:`idle_cpu` before it): medians, where the CPU went, and the verdicts on the goals.
+
+    The layout's CPU per request includes what Ray's processes cost at idle, shared out over the requests
+    served: ``background_cpu_ms_per_request`` is that share (idle ms per second over Serve's req/s at
+    :data:`CPU_AT` clients), and the rest is what each request adds. On a faster machine, or with more
+    requests a second, the share shrinks."""
     served, plained, ceiling_summary = (
         _summarise_runs(serve_runs),
         _summarise_runs(plain_runs),
@@ -426,6 +446,11 @@ def summarise_pair(
             for run in serve_runs
         ]
     )
+    idle = {
+        role: float(np.median([run.get(role, 0.0) for run in idle_runs]))
+        for role in {role for run in idle_runs or [] for role in run}
+    }
+    background = sum(idle.values()) / served[CPU_AT]["req_s"]["median"] if idle else None
     return {
         "pair": pair.what,
         "model_input": pair.size,
@@ -446,6 +471,8 @@ def summarise_pair(
         "serve_overhead_cpu_ms_per_request": layouts["median"] - preprocess,
         "layout_cpu_ms_per_request": layouts["median"],
         "layout_cpu_ms_repeats": layouts,
+        "idle_cpu_ms_per_s": idle,
+        "background_cpu_ms_per_request": background,
         "ratio_serve16_over_ceiling": ratio_verdict(
             served[16]["req_s"], ceiling_summary, GOALS["ceiling"], ("Serve", "ceiling")
         ),
@@ -507,6 +534,8 @@ def _cpu_md(pairs: dict[str, dict[str, Any]]) -> list[str]:
         return f"| {label} | " + " | ".join(f"{key_of(pairs[s], key):.1f}" for s in sizes) + " |"
 
     def key_of(p: dict[str, Any], key: str) -> float:
+        if key == "added":
+            return p["layout_cpu_ms_per_request"] - (p.get("background_cpu_ms_per_request") or 0.0)
         if key == "total":
             return sum(p["cpu_ms_per_request_serve"].values())
         if key == "plain":
@@ -529,6 +558,38 @@ def _cpu_md(pairs: dict[str, dict[str, Any]]) -> list[str]:
         ),
         line("plain FastAPI app + load driver, for comparison", "plain"),
     ]
+    if all(pairs[s].get("background_cpu_ms_per_request") is not None for s in sizes):
+        rows[-1:-1] = [
+            line(
+                "of the layout, the processes' idle cost shared out (idle ms per second / Serve req/s)",
+                "background_cpu_ms_per_request",
+            ),
+            line("of the layout, what each request adds (the rest)", "added"),
+        ]
+    return rows
+
+
+def _idle_md(pairs: dict[str, dict[str, Any]]) -> list[str]:
+    """Each Serve process's CPU at idle, ms per second (median of the repeats)."""
+    sizes = [s for s in pairs if pairs[s].get("idle_cpu_ms_per_s")]
+    if not sizes:
+        return []
+    roles: dict[str, None] = {}
+    for size in sizes:
+        for role, _ in sorted(pairs[size]["idle_cpu_ms_per_s"].items(), key=lambda kv: -kv[1]):
+            roles.setdefault(role, None)
+    rows = [
+        f"### The Serve app at idle (CPU ms per second with no requests, {IDLE_S:.0f} s before each repeat)",
+        "",
+        "| process (Ray Serve) | " + " | ".join(pair_label(pairs[s]) for s in sizes) + " |",
+        "|---|" + "---:|" * len(sizes),
+    ]
+    for role in roles:
+        values = [pairs[s]["idle_cpu_ms_per_s"].get(role, 0.0) for s in sizes]
+        if max(values) >= 1.0:
+            rows.append(f"| {role} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    totals = [sum(pairs[s]["idle_cpu_ms_per_s"].values()) for s in sizes]
+    rows += ["| **all processes** | " + " | ".join(f"**{v:.1f}**" for v in totals) + " |", ""]
     return rows
 
 
@@ -591,6 +652,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         *_cpu_md(pairs),
         "",
+        *_idle_md(pairs),
     ]
     lines += [*_layout_lines(pairs), ""]
     if results.get("profile"):

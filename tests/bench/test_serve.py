@@ -4,6 +4,7 @@ profiles, and how repeats become the pair's verdicts and the report."""
 import math
 import os
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,11 @@ SERVE_CPU = {
 
 
 def _pair(
-    size: int, serve_req_s: list[float], layout_extra: list[float] | None = None, ingress: str = "proxy"
+    size: int,
+    serve_req_s: list[float],
+    layout_extra: list[float] | None = None,
+    ingress: str = "proxy",
+    idle_runs: list[dict[str, float]] | None = None,
 ) -> dict[str, Any]:
     """A pair summarised from fabricated repeats: Serve at ``serve_req_s``, plain at 30 req/s, the ceiling
     at 45 img/s; the replicas' CPU grows by ``layout_extra`` ms per repeat."""
@@ -63,7 +68,7 @@ def _pair(
     ]
     images = bench_images(2, 16)
     summary = serve.summarise_pair(
-        serve.PAIRS[size], images, [44.0, 45.0, 46.0], serve_runs, plain_runs, 16, 2
+        serve.PAIRS[size], images, [44.0, 45.0, 46.0], serve_runs, plain_runs, 16, 2, idle_runs
     )
     return {**summary, "ingress": ingress}
 
@@ -88,6 +93,40 @@ def test_noisy_repeats_are_reported_as_no_result() -> None:
     p = _pair(224, [20.0, 40.0, 60.0], layout_extra=[0.0, 10.0, 20.0])
     assert not p["ratio_serve16_over_ceiling"]["result"] and not p["ratio_serve16_over_plain16"]["result"]
     assert not p["layout_cpu_ms_repeats"]["agree"]
+
+
+def test_the_idle_cost_is_shared_out_over_the_requests_served() -> None:
+    idle_runs = [{"ServeController": ms, "raylet": 10.0} for ms in (60.0, 40.0, 50.0)]
+    p = _pair(96, [39.0, 40.0, 41.0], idle_runs=idle_runs)
+    assert p["idle_cpu_ms_per_s"] == {"ServeController": 50.0, "raylet": 10.0}  # medians per process
+    assert p["background_cpu_ms_per_request"] == pytest.approx(60.0 / 40.0)  # over Serve's median req/s
+    md = serve.markdown(_results([p], []))
+    added = p["layout_cpu_ms_per_request"] - 1.5
+    shared_out = "| of the layout, the processes' idle cost shared out (idle ms per second / Serve req/s) |"
+    assert f"{shared_out} 1.5 |" in md
+    assert f"| of the layout, what each request adds (the rest) | {added:.1f} |" in md
+    idle_table = md.split("### The Serve app at idle")[1]
+    assert "| ServeController | 50.0 |" in idle_table and "| **all processes** | **60.0** |" in idle_table
+    without = serve.markdown(_results([_pair(96, [39.0, 40.0, 41.0])], []))
+    assert "### The Serve app at idle" not in without and "what each request adds" not in without
+
+
+def test_idle_cpu_reads_each_process_cpu_per_second() -> None:
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            pass
+
+    worker = threading.Thread(target=spin)
+    worker.start()
+    try:
+        idle = serve.idle_cpu({"me": [os.getpid()], "gone": [GONE_PID]}, seconds=0.3)
+    finally:
+        stop.set()
+        worker.join()
+    assert set(idle) == {"me", "gone"} and idle["gone"] == 0.0
+    assert idle["me"] > 300  # one thread spinning: most of a core's 1000 ms a second
 
 
 def _results(pairs: list[dict[str, Any]], profile: list[str]) -> dict[str, Any]:
