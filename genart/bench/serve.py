@@ -396,8 +396,9 @@ def bench_pair(
             for r in range(repeats):
                 ceilings.append(inproc.run(max(2 * inproc.batch, base)))
                 plain_runs.append(measure(plain.url, images, base, {"plain app": [plain.proc.pid]}))
-                idle_runs.append(idle_cpu(serve_processes()))
-                serve_runs.append(measure(serve_url, images, base, serve_processes(), models))
+                pids = serve_processes()
+                idle_runs.append(idle_cpu(pids))
+                serve_runs.append(measure(serve_url, images, base, pids, models))
                 log(
                     f"repeat {r + 1}/{repeats}: ceiling {ceilings[-1]:.1f} img/s; at {CPU_AT} clients, "
                     f"plain {plain_runs[-1][CPU_AT]['req_s']:.1f} req/s, "
@@ -517,18 +518,25 @@ def _pair_md(p: dict[str, Any]) -> list[str]:
     ]
 
 
-def _cpu_md(pairs: dict[str, dict[str, Any]]) -> list[str]:
-    sizes = list(pairs)
+def _process_table(pairs: dict[str, dict[str, Any]], sizes: list[str], key: str, floor: float) -> list[str]:
+    """A table of each Serve process's ``pairs[size][key]`` figure, a column per pair, largest first; a
+    process under ``floor`` in every column is left out."""
     roles: dict[str, None] = {}
     for size in sizes:
-        for role, _ in sorted(pairs[size]["cpu_ms_per_request_serve"].items(), key=lambda kv: -kv[1]):
+        for role, _ in sorted(pairs[size][key].items(), key=lambda kv: -kv[1]):
             roles.setdefault(role, None)
     head = "| process (Ray Serve) | " + " | ".join(pair_label(pairs[s]) for s in sizes) + " |"
     rows = [head, "|---|" + "---:|" * len(sizes)]
     for role in roles:
-        values = [pairs[s]["cpu_ms_per_request_serve"].get(role, 0.0) for s in sizes]
-        if max(values) >= 0.3:
+        values = [pairs[s][key].get(role, 0.0) for s in sizes]
+        if max(values) >= floor:
             rows.append(f"| {role} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
+    return rows
+
+
+def _cpu_md(pairs: dict[str, dict[str, Any]]) -> list[str]:
+    sizes = list(pairs)
+    rows = _process_table(pairs, sizes, "cpu_ms_per_request_serve", floor=0.3)
 
     def line(label: str, key: str) -> str:
         return f"| {label} | " + " | ".join(f"{key_of(pairs[s], key):.1f}" for s in sizes) + " |"
@@ -574,20 +582,11 @@ def _idle_md(pairs: dict[str, dict[str, Any]]) -> list[str]:
     sizes = [s for s in pairs if pairs[s].get("idle_cpu_ms_per_s")]
     if not sizes:
         return []
-    roles: dict[str, None] = {}
-    for size in sizes:
-        for role, _ in sorted(pairs[size]["idle_cpu_ms_per_s"].items(), key=lambda kv: -kv[1]):
-            roles.setdefault(role, None)
     rows = [
         f"### The Serve app at idle (CPU ms per second with no requests, {IDLE_S:.0f} s before each repeat)",
         "",
-        "| process (Ray Serve) | " + " | ".join(pair_label(pairs[s]) for s in sizes) + " |",
-        "|---|" + "---:|" * len(sizes),
+        *_process_table(pairs, sizes, "idle_cpu_ms_per_s", floor=1.0),
     ]
-    for role in roles:
-        values = [pairs[s]["idle_cpu_ms_per_s"].get(role, 0.0) for s in sizes]
-        if max(values) >= 1.0:
-            rows.append(f"| {role} | " + " | ".join(f"{v:.1f}" for v in values) + " |")
     totals = [sum(pairs[s]["idle_cpu_ms_per_s"].values()) for s in sizes]
     rows += ["| **all processes** | " + " | ".join(f"**{v:.1f}**" for v in totals) + " |", ""]
     return rows
