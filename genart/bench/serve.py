@@ -14,8 +14,9 @@ For each pair, three servers run the same models on the same images:
 - **plain FastAPI**: one uvicorn process with the same models and preprocessing, no batching.
 
 Each configuration is measured ``--repeats`` times, interleaved (ceiling, plain, Serve, ceiling, ...), at
-concurrency 1, 4, 16 and 64, and reported as the median with its spread ((max - min) / median). A ratio whose
-two sides' repeats disagree by more than 20 % is printed as "not a result", with the spreads.
+concurrency 1, 4, 16 and 64, after one uncounted warm-up round of the same, and reported as the median with
+its spread ((max - min) / median). A ratio whose two sides' repeats disagree by more than 20 % is printed as
+"not a result", with the spreads.
 
 Goals (issue 18): at 224 px, Serve at concurrency 16 >= 0.8x the ceiling and >= 1.2x the plain app; the
 Serve layout's CPU per request, everything but the forward passes, <= 12 ms at concurrency 16.
@@ -51,6 +52,7 @@ from genart.bench.harness import (
     step_summary,
     wait_http,
 )
+from genart.models.allocator import allocator_environment
 from genart.serve.app import INGRESS_ENV
 
 __all__ = [
@@ -99,9 +101,11 @@ class InProcess:
     def __init__(self, artifacts: list[Path], images: list[bytes], batch: int = 16) -> None:
         import torch
 
+        from genart.models.allocator import reuse_freed_memory
         from genart.models.artifact import load_artifact
         from genart.serve.deployments import spec_key
 
+        reuse_freed_memory()  # as the Serve model replicas do: the references get the same allocator
         self.models = [load_artifact(p) for p in artifacts]
         self.keys = [spec_key(m.spec) for m in self.models]
         self.specs = {spec_key(m.spec): m.spec.to_dict() for m in self.models}
@@ -162,7 +166,8 @@ class PlainServer:
             "import sys, uvicorn; from genart.bench.serve import plain_app; "
             f"uvicorn.run(plain_app(sys.argv[1:]), host='127.0.0.1', port={port}, log_level='warning')"
         )
-        self.proc = subprocess.Popen([sys.executable, "-c", code, *map(str, artifacts)])
+        env = {**os.environ, **allocator_environment()}  # as the Serve model replicas are started
+        self.proc = subprocess.Popen([sys.executable, "-c", code, *map(str, artifacts)], env=env)
         self.url = f"http://127.0.0.1:{port}/predict"
         try:
             wait_http(f"http://127.0.0.1:{port}/docs")
@@ -391,8 +396,14 @@ def bench_pair(
     try:
         with ServeApp(artifacts, env, ingress=ingress) as app:
             serve_url, models = f"{app.base}/predict", [f"m{i}" for i in range(len(artifacts))]
-            for url in (plain.url, serve_url):  # warm-up: first batches, connection pools
-                asyncio.run(drive(url, images, 4, requests=16))
+            # Warm-up, not counted: one round as a repeat runs it. Before it, the first repeat ran slower than
+            # the others in every run (Serve 14.5-16.6 req/s against 20.5-24.0 at 16 clients, 2026-12-03): the
+            # first batches of each size, the heaps' high-water marks, Ray settling after a deploy.
+            inproc.run(max(2 * inproc.batch, base))
+            for url in (plain.url, serve_url):
+                for c in CONCURRENCY:
+                    asyncio.run(drive(url, images, c, requests=requests_at(c, base)))
+            log("warmed up (one round, not counted)")
             for r in range(repeats):
                 ceilings.append(inproc.run(max(2 * inproc.batch, base)))
                 plain_runs.append(measure(plain.url, images, base, {"plain app": [plain.proc.pid]}))

@@ -18,10 +18,12 @@ from torch.utils.data import DataLoader
 from genart.bench.common import generated_manifest, machine, write_results
 from genart.config import load_config
 from genart.data.pipeline import ManifestDataset, select_rows
+from genart.models.allocator import reuse_freed_memory
 from genart.models.zoo import build_model
 
 
 def _plain_loop(manifest: Path, config, epochs: int) -> list[float]:
+    reuse_freed_memory()  # as the Ray Train workers do
     model, spec = build_model(config.model.name, pretrained=False, input_size=config.model.input_size)
     rows = select_rows(manifest, "train")
     loader = DataLoader(

@@ -91,6 +91,7 @@ def predict_rows(
     from tqdm.auto import tqdm
 
     from genart.data.pipeline import ManifestDataset
+    from genart.models.allocator import reuse_freed_memory
 
     if hasattr(loaded, "predict_rows"):  # an ensemble
         return loaded.predict_rows(
@@ -101,6 +102,7 @@ def predict_rows(
     if cached is not None:  # a frozen encoder: features from its cache, the same head and rules after
         stacked = np.asarray(cached(rows, degrade), np.float32).reshape(len(rows), len(classes))
     else:
+        reuse_freed_memory()
         dataset = ManifestDataset(rows, loaded.spec, degrade=degrade)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
         logits = []

@@ -12,6 +12,7 @@ from typing import Any
 from ray.serve import Application
 
 from genart.config import IngressLayout, ServeConfig
+from genart.models.allocator import allocator_environment
 from genart.serve.deployments import ModelDeployment, Preprocessor
 from genart.serve.ingress import EnsembleIngress
 
@@ -64,11 +65,13 @@ def ingress_environment(ingress: str, base: dict[str, str]) -> dict[str, str]:
     return {**{k: v for k, v in base.items() if k not in others}, **INGRESS_ENV[ingress]}
 
 
-def _with_serve_env(actor_options: dict[str, Any] | None) -> dict[str, Any]:
-    """``actor_options`` with :data:`SERVE_ENV` under its runtime environment's variables (theirs win)."""
+def _with_serve_env(actor_options: dict[str, Any] | None, models: bool = False) -> dict[str, Any]:
+    """``actor_options`` with :data:`SERVE_ENV` under its runtime environment's variables (theirs win), and
+    for a replica that runs ``models`` the allocator's (:data:`genart.models.allocator.ALLOCATOR_ENV`)."""
     options = dict(actor_options or {})
     runtime_env = dict(options.get("runtime_env") or {})
-    runtime_env["env_vars"] = {**SERVE_ENV, **(runtime_env.get("env_vars") or {})}
+    base = {**SERVE_ENV, **(allocator_environment() if models else {})}
+    runtime_env["env_vars"] = {**base, **(runtime_env.get("env_vars") or {})}
     return {**options, "runtime_env": runtime_env}
 
 
@@ -84,7 +87,7 @@ def compose(config: ServeConfig, ingress_options: dict[str, Any] | None = None) 
     models = {
         m.name: ModelDeployment.options(
             name=m.name,
-            ray_actor_options=_with_serve_env(ModelDeployment.ray_actor_options),
+            ray_actor_options=_with_serve_env(ModelDeployment.ray_actor_options, models=True),
             user_config={
                 **({"artifact": m.artifact} if m.artifact else {}),
                 "max_batch_size": config.max_batch_size,

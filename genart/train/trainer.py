@@ -26,6 +26,7 @@ from genart.data.index import training_data_summary
 from genart.data.layout import CLASSES
 from genart.data.pipeline import cap_per_generator, make_dataset, select_rows
 from genart.evaluate.evaluation import EvaluationResult, calibrate, evaluate, write_evaluation
+from genart.models.allocator import allocator_environment
 from genart.models.artifact import (
     ArtifactMeta,
     LoadedModel,
@@ -113,6 +114,8 @@ def _run_config(t: TrainConfig, run_name: str, callbacks: list | None):
         # Ray Train's own INFO lines (a TrainingReport per rank and epoch) stay in its log files under the Ray
         # session's logs/train/ unless asked for: the terminal shows one line per epoch.
         logging_config=LoggingConfig(log_level="INFO" if t.verbose else "WARNING"),
+        # Each step's activations reused by the next, not faulted in again (genart.models.allocator).
+        worker_runtime_env={"env_vars": allocator_environment()},
     )
 
 

@@ -84,6 +84,7 @@ import httpx
 
 from genart.bench.harness import ServeApp, bench_artifacts, bench_images
 from genart.bench.serve import serve_processes
+from genart.models.allocator import ALLOCATOR_ENV
 
 root = Path(sys.argv[1])
 env = {"DATABASE_URL": f"sqlite:///{root}/db.sqlite", "GENART_DATA_DIR": str(root / "data")}
@@ -92,8 +93,18 @@ with ServeApp(bench_artifacts(root, size=32), env, ingress="haproxy") as app:
     answer = httpx.post(
         f"{app.base}/predict", files={"file": ("x.png", bench_images(1, 48)[0], "image/png")}, timeout=120
     )
-    roles = sorted(serve_processes())
-print(json.dumps({"status": answer.status_code, "body": answer.json(), "roles": roles}))
+    processes = serve_processes()
+    roles = sorted(processes)
+    environ = {  # what each replica process was started with
+        role: dict(
+            kv.split("=", 1) for kv in Path(f"/proc/{pids[0]}/environ").read_text().split(chr(0)) if "=" in kv
+        )
+        for role, pids in processes.items()
+        if role.startswith("ServeReplica")
+    }
+allocator = {role: {k: env.get(k) for k in ALLOCATOR_ENV} for role, env in environ.items()}
+out = {"status": answer.status_code, "body": answer.json(), "roles": roles, "allocator": allocator}
+print(json.dumps(out))
 """
 
 
@@ -112,3 +123,9 @@ def test_the_haproxy_ingress_layout_serves_predictions_through_haproxy(tmp_path:
     assert out["status"] == 200 and out["body"]["label"] in ("ai", "nature"), out
     # HAProxy and the actor that configures it run (Serve keeps an idle fallback ProxyActor beside them)
     assert {"haproxy", "HAProxyManager"} <= set(out["roles"]), out["roles"]
+    # the model replicas were started with the allocator's settings (genart.models.allocator), the others not
+    from genart.models.allocator import ALLOCATOR_ENV
+
+    allocator = {role.rsplit(":", 1)[-1]: env for role, env in out["allocator"].items()}
+    assert allocator["m0"] == allocator["m1"] == ALLOCATOR_ENV, allocator
+    assert set(allocator["Preprocessor"].values()) == set(allocator["EnsembleIngress"].values()) == {None}
