@@ -95,3 +95,35 @@ def test_the_processes_started_to_run_models_get_the_allocators_environment(monk
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # a tunable the user set is theirs
     assert "MALLOC_ARENA_MAX" not in allocator_environment()
     assert allocator_environment({"MALLOC_MMAP_MAX_": "8"})["MALLOC_MMAP_MAX_"] == "8"
+
+
+def _serve_config_files() -> dict[str, dict]:
+    """Each Serve config the project ships, as `serve deploy` reads it (and the RayService's)."""
+    import yaml
+
+    root = Path(__file__).parents[2]
+    read = lambda path: yaml.safe_load((root / path).read_text())  # noqa: E731
+    return {
+        "serve_config.yaml": read("serve_config.yaml"),
+        "jobs/serve/wild.yaml": read("jobs/serve/wild.yaml"),
+        "docker/k8s/rayservice.yaml": yaml.safe_load(
+            read("docker/k8s/rayservice.yaml")["spec"]["serveConfigV2"]
+        ),
+    }
+
+
+@pytest.mark.parametrize("name", list(_serve_config_files()))
+def test_the_serve_config_files_give_their_model_replicas_the_allocator_and_only_them(name: str) -> None:
+    """A deployment's ray_actor_options in a config file replace the ones compose() sets, whole (Ray Serve
+    2.60 merges only the app's runtime_env into them): each file carries the model replicas' settings."""
+    from genart.models.allocator import ALLOCATOR_ENV
+
+    app = _serve_config_files()[name]["applications"][0]
+    models = {m["name"] for m in app["args"]["models"]}
+    seen = {}
+    for deployment in app["deployments"]:
+        runtime_env = (deployment.get("ray_actor_options") or {}).get("runtime_env") or {}
+        env = runtime_env.get("env_vars") or {}
+        seen[deployment["name"]] = {k: v for k, v in env.items() if k.startswith("MALLOC_")}
+    assert seen == {d: (ALLOCATOR_ENV if d in models else {}) for d in seen}, seen
+    assert models <= set(seen)
