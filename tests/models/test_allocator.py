@@ -10,19 +10,22 @@ from pathlib import Path
 
 import pytest
 
-#: In a fresh interpreter: touch a 64 MiB tensor (over glibc's largest mmap threshold) six times and count
-#: the minor page faults of the last five passes, before and after reuse_freed_memory().
+#: In a fresh interpreter: touch a 64 MiB tensor (over glibc's largest mmap threshold) twelve times, before
+#: and after reuse_freed_memory(), and count the passes after the first four that faulted in at least half of
+#: its pages again. With memory reused, the first passes after the switch may still fault: a small object
+#: left next to a freed block keeps it from the aligned allocation of the next (seen: up to three passes).
 PASSES = """
 import json, resource, sys, torch
 from genart.models.allocator import reuse_freed_memory
 
 def faults():
     out = []
-    for _ in range(6):
+    for _ in range(12):
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         torch.ones(16 * 2**20, dtype=torch.float32).sum()
         out.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    return sum(out[1:])
+    half = 8 * 2**20 * 4 // resource.getpagesize()
+    return sum(n >= half for n in out[4:])
 
 default = faults()
 applied = reuse_freed_memory()
@@ -51,18 +54,16 @@ def _environment() -> dict[str, str]:
 @linux_glibc
 def test_reuse_freed_memory_stops_each_pass_faulting_its_buffers_in_again() -> None:
     result = _passes(_environment())
-    pages = 5 * 16 * 2**20 * 4 // os.sysconf("SC_PAGE_SIZE")  # five passes of 64 MiB
     assert result["applied"] is True and result["again"] is True
-    assert result["default"] > pages // 2  # glibc's default: fresh pages for every pass
-    assert result["tuned"] < pages // 100  # kept and reused
+    assert result["default"] == 8  # glibc's default: fresh pages for every pass
+    assert result["tuned"] <= 2  # kept and reused (none after the fourth pass in 20 runs)
 
 
 @linux_glibc
 def test_glibc_tunables_set_in_the_environment_win() -> None:
     result = _passes({**_environment(), "MALLOC_TRIM_THRESHOLD_": "131072"})
     assert result["applied"] is False and result["again"] is False
-    pages = 5 * 16 * 2**20 * 4 // os.sysconf("SC_PAGE_SIZE")
-    assert result["tuned"] > pages // 2  # left as the environment set it
+    assert result["tuned"] == 8  # left as the environment set it: fresh pages for every pass
 
 
 def _deployments(app):
