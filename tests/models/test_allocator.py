@@ -12,8 +12,8 @@ import pytest
 
 #: In a fresh interpreter: touch a 64 MiB tensor (over glibc's largest mmap threshold) twelve times, before
 #: and after reuse_freed_memory(), and count the passes after the first four that faulted in at least half of
-#: its pages again. With memory reused, the first passes after the switch may still fault: a small object
-#: left next to a freed block keeps it from the aligned allocation of the next (seen: up to three passes).
+#: its pages again. With memory reused, the first passes after the switch may still fault (seen: up to three,
+#: in 4 of 32 runs), probably while a small object left next to a freed block keeps it from the next one.
 PASSES = """
 import json, resource, sys, torch
 from genart.models.allocator import reuse_freed_memory
