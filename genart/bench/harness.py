@@ -229,7 +229,6 @@ class ServeApp:
     env: dict[str, str] = field(default_factory=dict)
     port: int = 0
     ingress: str = "proxy"  # genart.serve.app.INGRESS_ENV: "proxy" (Ray's default) or "haproxy"
-    settings: dict[str, Any] = field(default_factory=dict)  # ServeConfig fields over its defaults (batching)
     _saved_environ: dict[str, str] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -252,8 +251,7 @@ class ServeApp:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
         serve.start(http_options={"host": "127.0.0.1", "port": self.port})
         config = ServeConfig(
-            models=[ServeModel(name=f"m{i}", artifact=str(a)) for i, a in enumerate(self.artifacts)],
-            **self.settings,
+            models=[ServeModel(name=f"m{i}", artifact=str(a)) for i, a in enumerate(self.artifacts)]
         )
         options = {"ray_actor_options": {"num_cpus": 0.25, "runtime_env": {"env_vars": self.env}}}
         serve.run(compose(config, ingress_options=options), name="genart", route_prefix="/")

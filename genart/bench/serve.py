@@ -399,13 +399,13 @@ def bench_pair(
             # Warm-up, not counted: one round as a repeat runs it. Before it, the first repeat ran slower than
             # the others in every run (Serve 14.5-16.6 req/s against 20.5-24.0 at 16 clients, 2026-12-03): the
             # first batches of each size, the heaps' high-water marks, Ray settling after a deploy.
-            inproc.run(max(2 * inproc.batch, base))
+            ceiling_images = max(2 * inproc.batch, base)
+            inproc.run(ceiling_images)
             for url in (plain.url, serve_url):
-                for c in CONCURRENCY:
-                    asyncio.run(drive(url, images, c, requests=requests_at(c, base)))
+                measure(url, images, base, {})
             log("warmed up (one round, not counted)")
             for r in range(repeats):
-                ceilings.append(inproc.run(max(2 * inproc.batch, base)))
+                ceilings.append(inproc.run(ceiling_images))
                 plain_runs.append(measure(plain.url, images, base, {"plain app": [plain.proc.pid]}))
                 pids = serve_processes()
                 idle_runs.append(idle_cpu(pids))
