@@ -192,12 +192,19 @@ def data_split(
 
 
 def _report_transforms(cfg) -> dict[str, object]:
-    """The eval and training transforms of a config's model, for the data report's shortcut check."""
-    from genart.data.transforms import eval_transform, train_transform
+    """The eval and training transforms of a config's model (and its class-matched eval view, when the head
+    is fitted on one), for the data report's shortcut check."""
+    from genart.data.transforms import eval_transform, matched_eval_transform, train_transform
     from genart.models.zoo import input_spec
 
     spec = input_spec(cfg.model)
-    return {"eval transform": eval_transform(spec), "training transform": train_transform(spec, cfg.augment)}
+    transforms = {
+        "eval transform": eval_transform(spec),
+        "training transform": train_transform(spec, cfg.augment),
+    }
+    if cfg.model.sized_views:
+        transforms["class-matched eval view"] = matched_eval_transform(spec, cfg.augment)
+    return transforms
 
 
 @data_app.command("report")

@@ -145,6 +145,13 @@ class ModelConfig(_Section):
         ge=0,
         description="frozen-encoder models: augmented views per training image, besides the eval view",
     )
+    sized_views: int = Field(
+        0,
+        ge=0,
+        description="frozen-encoder models: class-matched eval views per training image (both classes get "
+        "augment.short_side and the random JPEG alike, then the eval transform with its eval-time JPEG), so "
+        "the size an image is re-saved at cannot tell the classes apart",
+    )
     canonical_jpeg: int | None = Field(
         None,
         ge=1,

@@ -39,11 +39,14 @@ def test_data_commands_chain_from_synth_to_report(tmp_path: Path) -> None:
     assert "format alone predicts the label" in result.output  # the default formats copy the benchmark's trap
     assert (tmp_path / "report" / "report.md").exists()
     config = tmp_path / "tiny.yaml"
-    config.write_text("model: {name: tiny, pretrained: false, input_size: 32, canonical_jpeg: 90}\n")
+    config.write_text(
+        "model: {name: tiny, pretrained: false, input_size: 32, canonical_jpeg: 90, sized_views: 1}\n"
+    )
     result = invoke("data", "report", str(split), "--out", str(tmp_path / "after"), "--config", str(config))
     assert result.exit_code == 0, result.output
     report = (tmp_path / "after" / "report.md").read_text()
     assert "Shortcuts after the transform" in report and "training transform" in report
+    assert "class-matched eval view" in report  # the view the head is fitted on, when it is
 
 
 def test_data_commands_fail_clearly_on_bad_input(tmp_path: Path) -> None:

@@ -51,6 +51,7 @@ __all__ = [
     "decode_with_header",
     "eval_transform",
     "jpeg_resave",
+    "matched_eval_transform",
     "normalize",
     "rescale",
     "train_transform",
@@ -369,3 +370,20 @@ def train_transform(
             [*degrade, *_native_crop(spec, random_crop=True, hflip=aug.hflip, as_uint8=as_uint8)]
         )
     return T.Compose([*degrade, _timm_transform(spec, is_training=True, hflip=aug.hflip, as_uint8=as_uint8)])
+
+
+def matched_eval_transform(spec: InputSpec, augment: AugmentConfig | None = None) -> Transform:
+    """The class-matched eval view: both classes resized to a random short side (``augment.short_side``)
+    and re-saved at a random JPEG quality (``jpeg_p``, ``jpeg_quality``) alike, then exactly
+    :func:`eval_transform`, its eval-time JPEG included.
+
+    What it is for: the eval transform re-saves an image at about the size decoding leaves it, so a large
+    image's re-save blocks all but vanish in the resize to the model's input and a small image's stay
+    visible. In the wild training data the AI images are large and the photos small, so in the plain eval
+    view visible blocks mean "photo", and a thumbnail of an AI image was judged a photo (README, "Half
+    size"). Here the size the re-save happens at is drawn alike for both classes.
+    """
+    aug = augment or AugmentConfig()
+    return T.Compose(
+        [RandomShortSide(aug.short_side), RandomJPEG(aug.jpeg_p, aug.jpeg_quality), eval_transform(spec)]
+    )

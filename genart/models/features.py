@@ -8,6 +8,9 @@ A *view* is how an image is shown to the encoder:
 - ``train<k>``: the k-th class-matched training view: the same random down-scale, JPEG re-save and random
   resized crop for both classes (:func:`genart.data.transforms.train_transform` with the config's
   augmentations), seeded by the image's sha256 and ``k`` so a view is reproducible and cacheable;
+- ``sized<k>``: the k-th class-matched eval view: the same random short side and JPEG re-save for both
+  classes, then the eval transform with its eval-time JPEG
+  (:func:`genart.data.transforms.matched_eval_transform`), seeded like ``train<k>``;
 - each robustness condition of :data:`genart.data.transforms.DEGRADATIONS` (``jpeg75``, ``half``, ...),
   applied before the eval transform, as evaluation does.
 
@@ -45,6 +48,7 @@ from genart.data.transforms import (
     InputSpec,
     decode_image,
     eval_transform,
+    matched_eval_transform,
     train_transform,
 )
 
@@ -63,6 +67,10 @@ def is_train_view(view: str) -> bool:
     return view.startswith("train") and view[5:].isdigit()
 
 
+def is_sized_view(view: str) -> bool:
+    return view.startswith("sized") and view[5:].isdigit()
+
+
 def view_transform(
     view: str, spec: InputSpec, augment: AugmentConfig | None = None
 ) -> Callable[[Image.Image, str], torch.Tensor]:
@@ -73,17 +81,21 @@ def view_transform(
     if view in DEGRADATIONS:
         transform, degrade = eval_transform(spec), DEGRADATIONS[view]
         return lambda image, sha: transform(degrade(image))
-    if is_train_view(view):
-        transform, k = train_transform(spec, augment or AugmentConfig()), int(view[5:])
+    if is_train_view(view) or is_sized_view(view):
+        aug, k = augment or AugmentConfig(), int(view[5:])
+        sized = is_sized_view(view)
+        transform = matched_eval_transform(spec, aug) if sized else train_transform(spec, aug)
 
         def seeded(image: Image.Image, sha: str) -> torch.Tensor:
-            seed = int(sha[:12], 16) + 1_000_003 * k
+            seed = int(sha[:12], 16) + 1_000_003 * k + (7_919 if sized else 0)
             random.seed(seed)
             torch.manual_seed(seed)
             return transform(image)
 
         return seeded
-    raise ValueError(f"unknown view {view!r}: use 'eval', 'train<k>' or one of {sorted(DEGRADATIONS)}")
+    raise ValueError(
+        f"unknown view {view!r}: use 'eval', 'train<k>', 'sized<k>' or one of {sorted(DEGRADATIONS)}"
+    )
 
 
 class Featurize:
@@ -143,8 +155,10 @@ class FeatureCache:
         parts = {"encoder": self.describe, "spec": spec, "view": view}
         if view == "eval":  # decoded as serving decodes it; features cached before that are not reused
             parts["decode"] = "served"
-        if is_train_view(view):
+        if is_train_view(view) or is_sized_view(view):
             parts["augment"] = self.augment.model_dump(mode="json")
+        if is_sized_view(view):
+            parts["sized"] = "short side, JPEG, eval transform"
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
     def folder(self, view: str) -> Path:

@@ -86,13 +86,15 @@ def frozen_detector(config: GenartConfig, num_classes: int):
 def head_views(detector, config: GenartConfig) -> list[Callable[[pd.DataFrame], np.ndarray]]:
     """What a frozen-encoder head is fitted on, each a ``rows -> features`` function, the served view first:
     the eval view; with an eval-time JPEG (``model.canonical_jpeg``) the same view without it too, so the
-    head learns to give both the same answer; and ``train_views`` class-matched augmented views."""
+    head learns to give both the same answer; ``train_views`` class-matched augmented views; and
+    ``sized_views`` class-matched eval views (:func:`~genart.data.transforms.matched_eval_transform`)."""
     cache = detector.feature_cache(config.augment)
     views = [functools.partial(cache.matrix, view="eval")]
     if detector.spec.jpeg_quality is not None:
         plain = detector.feature_cache(config.augment, spec=replace(detector.spec, jpeg_quality=None))
         views.append(functools.partial(plain.matrix, view="eval"))
     views += [functools.partial(cache.matrix, view=f"train{k}") for k in range(config.model.train_views)]
+    views += [functools.partial(cache.matrix, view=f"sized{k}") for k in range(config.model.sized_views)]
     return views
 
 

@@ -13,6 +13,7 @@ from genart.data.transforms import (
     decode_image,
     eval_transform,
     jpeg_resave,
+    matched_eval_transform,
     normalize,
     rescale,
     train_transform,
@@ -101,6 +102,22 @@ def test_canonical_jpeg_re_saves_the_image_as_decoding_reduces_it(crop_policy, s
     assert not torch.equal(expected, eval_transform(plain)(reduced))  # the re-save changed pixels
     # training views keep their own random re-save: the canonical one belongs to the eval transform
     assert "CanonicalJPEG" not in repr(train_transform(spec))
+
+
+@pytest.mark.parametrize("side", [40, 120])
+def test_the_class_matched_eval_view_resizes_and_re_saves_then_applies_the_eval_transform(side) -> None:
+    image = decode_image(image_bytes((300, 151)))
+    spec = InputSpec(64, crop_policy="resize", jpeg_quality=80)
+    resized = rescale(image, side / 151)
+    # no random re-save: the resize, then exactly the eval transform, whose re-save happens at the new size
+    plain = AugmentConfig(short_side=(side, side), jpeg_p=0.0)
+    expected = eval_transform(spec)(resized)
+    assert torch.equal(matched_eval_transform(spec, plain)(image), expected)
+    assert not torch.equal(expected, eval_transform(spec)(image))  # the size it is re-saved at shows
+    # with the random re-save (quality fixed): that re-save, then the eval transform's own
+    resaved = AugmentConfig(short_side=(side, side), jpeg_p=1.0, jpeg_quality=(70, 70))
+    expected = eval_transform(spec)(jpeg_resave(resized, 70))
+    assert torch.equal(matched_eval_transform(spec, resaved)(image), expected)
 
 
 def test_an_input_spec_written_before_canonical_jpeg_reads_as_off() -> None:

@@ -84,6 +84,30 @@ def test_an_eval_time_jpeg_keys_the_views_it_changes_and_only_those(tmp_path, wr
     assert not np.allclose(canonical.matrix(rows, "eval"), plain.matrix(rows, "eval"))
 
 
+def test_a_sized_view_is_keyed_by_the_eval_time_jpeg_and_the_augmentations(tmp_path, write_image):
+    import dataclasses
+
+    from PIL import Image
+
+    augment = AugmentConfig(jpeg_p=1.0, short_side=(40, 80))
+    spec = dataclasses.replace(SPEC, jpeg_quality=90)
+    cache = FeatureCache(MeanEncoder, {"name": "mean"}, spec, augment, root=tmp_path / "cache")
+    keys = [cache.key(v) for v in ("eval", "train0", "sized0", "sized1")]
+    assert len(set(keys)) == 4
+    # unlike a training view, the eval-time re-save is part of it, and so are the augmentations
+    assert cache.key("sized0") != _cache(tmp_path, augment).key("sized0")
+    other = FeatureCache(MeanEncoder, {"name": "mean"}, spec, AugmentConfig(jpeg_p=0.5), root=tmp_path / "c")
+    assert cache.key("sized0") != other.key("sized0")
+    rows = _rows(tmp_path, write_image, n=2)
+    sized, train = cache.matrix(rows, "sized0"), cache.matrix(rows, "train0")
+    assert not np.allclose(sized, train) and not np.allclose(sized, cache.matrix(rows, "eval"))
+    view = view_transform("sized0", spec, augment)
+    image = Image.open(rows["path"][0]).convert("RGB")
+    np.testing.assert_array_equal(
+        view(image, rows["sha256"][0]).numpy(), view(image, rows["sha256"][0]).numpy()
+    )
+
+
 def test_unknown_view_and_missing_features(tmp_path, write_image):
     rows = _rows(tmp_path, write_image, n=2)
     with pytest.raises(ValueError, match="unknown view"):

@@ -62,15 +62,17 @@ def test_a_clip_artefact_loads_by_path_and_cached_scores_match_the_network(
 
     monkeypatch.setenv("GENART_CACHE_DIR", str(tmp_path / "cache"))
     config = GenartConfig.model_validate(
-        {"model": {"name": "clip_b16", "taps": [8], "train_views": 0, "canonical_jpeg": canonical_jpeg}}
-    )
+        {"model": {"name": "clip_b16", "taps": [8], "train_views": 0, "canonical_jpeg": canonical_jpeg,
+                   "sized_views": 0 if canonical_jpeg is None else 1}}
+    )  # fmt: skip
     result = fit_frozen(config, small_manifest, out=tmp_path / "a", artifact_name="c", evaluate_test=False)
     loaded = load_artifact(result.artifact)
     assert isinstance(loaded.model, ClipDetector) and loaded.model.encoder.taps == (8,)
     # the eval-time JPEG is part of the artefact's input policy: serving and the feature cache both apply it
     assert loaded.spec.jpeg_quality == canonical_jpeg == loaded.model.spec.jpeg_quality
-    # fitted on the eval view, and with an eval-time JPEG on the same view without it too
-    views = 1 if canonical_jpeg is None else 2
+    # fitted on the eval view; with an eval-time JPEG on the same view without it, and the recipe's
+    # class-matched eval view, too
+    views = 1 if canonical_jpeg is None else 3
     assert loaded.meta.metrics["train_feature_rows"] == views * len(select_rows(small_manifest, "train"))
     rows = select_rows(small_manifest, "test")
     cached = predict_rows(loaded, rows)["prob"].to_numpy()  # through the feature cache
