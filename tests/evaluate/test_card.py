@@ -49,6 +49,9 @@ def test_card_tables_and_goals(tmp_path: Path) -> None:
     assert above.value == pytest.approx(0.15) and above.met
     lost = goals["out-of-source (all) accuracy lost to a JPEG q75 re-save <= 0.05"]
     assert lost.value == pytest.approx(0.2) and not lost.met
+    half = goals["in-source accuracy lost to half size <= 0.05"]  # 0.9 - 0.8
+    assert half.value == pytest.approx(0.1) and not half.met
+    assert "out-of-source (all) accuracy lost to half size <= 0.05" in goals
 
     result = CliRunner().invoke(
         app, ["card", *map(str, folders), "--primary", "ens", "--out", str(tmp_path / "c.md")]
