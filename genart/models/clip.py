@@ -11,6 +11,14 @@ outputs, so onnxruntime skips every block after the last tap.
 The INT8 graph is dynamically quantised: its activations' quantisation depends on the whole batch, so
 results change with the batch size. The encoder therefore always runs one image per call.
 
+Its 73 ``MatMulInteger`` nodes multiply uint8 activations by int8 weights. Where the CPU has no 8-bit dot
+product (x86 with AVX2 or AVX-512 but no VNNI), onnxruntime's kernel adds pairs of products in 16-bit lanes
+and saturates (64 products 255 x 127 come out 1,048,544 instead of 2,072,640), so the same image gave other
+features there, and a head trained on one CPU scored differently on another. :func:`u8s8_is_exact` asks
+onnxruntime on the running CPU; where it is not exact, each int8 weight matrix is split into two halves of
+at most 7 bits (``w = 2 * hi + lo``) whose pair sums cannot saturate, and the products are added back in
+int32: the same integers, so the same features, at about twice the cost of those multiplications.
+
 Only the head is trained (:mod:`genart.train.head`); an artefact stores the head's weights and names the
 encoder by file name, sha256 and taps, so loading it needs the same ONNX file (found by
 :func:`locate_clip_onnx`).
@@ -46,11 +54,17 @@ __all__ = [
     "file_sha256",
     "load_clip",
     "locate_clip_onnx",
+    "split_int8_weights",
+    "tapped_graph",
+    "u8s8_is_exact",
     "weights_dir",
 ]
 
 CLIP_FILE = "clip_encoder.int8.onnx"
 CLIP_SHA256 = "2d2da5e254d60501f138004788497e280fd80eb9dd877241aec41761be285d8d"
+# Marks features computed with exact int8 products (see the module docstring); artefacts and feature caches
+# made before it may hold features from a saturating CPU.
+INT8_EXACT = "exact"
 WIDTH = 768  # ViT-B token width
 BLOCKS = 12
 DEFAULT_TAPS: tuple[int, ...] = (6, 7, 8, 9)
@@ -158,12 +172,15 @@ def _tap_output(block: int) -> str:
     return f"/vision_model/encoder/layers.{block - 1}/Add_1_output_0"
 
 
-def tapped_graph(path: str | Path, taps: Sequence[int]) -> bytes:
-    """The encoder graph with the class token of each tapped block as its only outputs."""
+def tapped_graph(path: str | Path, taps: Sequence[int], split_int8: bool = False) -> bytes:
+    """The encoder graph with the class token of each tapped block as its only outputs (and its int8
+    weights split by :func:`split_int8_weights` if ``split_int8``)."""
     import onnx
     from onnx import TensorProto, helper
 
     model = onnx.load(str(path))
+    if split_int8:
+        split_int8_weights(model)
     graph = model.graph
     produced = {out for node in graph.node for out in node.output}
     last = graph.output[1].name  # the last hidden states: block 12's residual output
@@ -182,21 +199,108 @@ def tapped_graph(path: str | Path, taps: Sequence[int]) -> bytes:
     return model.SerializeToString()
 
 
+def split_int8_weights(model) -> int:
+    """Rewrite each ``MatMulInteger`` with a constant int8 weight ``w`` (zero point 0) as ``2 * (x @ hi) +
+    x @ lo``, with ``hi = floor(w / 2)`` in [-64, 63] and ``lo`` in {0, 1}: a pair of uint8 x (|w| <= 64)
+    products stays within int16, so no kernel saturates, and the int32 result is the same. Returns how many
+    nodes were rewritten."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    nodes, rewritten = [], 0
+    for node in graph.node:
+        weight = initializers.get(node.input[1]) if node.op_type == "MatMulInteger" else None
+        if weight is None or weight.data_type != TensorProto.INT8:
+            nodes.append(node)
+            continue
+        zero = node.input[3] if len(node.input) > 3 else ""
+        if zero and np.any(numpy_helper.to_array(initializers[zero])):
+            raise ValueError(f"{node.name}: weights with a non-zero zero point are not split")
+        w = numpy_helper.to_array(weight).astype(np.int16)
+        hi = np.floor_divide(w, 2)
+        base, out = node.input[1], node.output[0]
+        graph.initializer.extend(
+            [
+                numpy_helper.from_array(hi.astype(np.int8), f"{base}_hi"),
+                numpy_helper.from_array((w - 2 * hi).astype(np.int8), f"{base}_lo"),
+                numpy_helper.from_array(np.array(2, np.int32), f"{base}_two"),
+            ]
+        )
+        inputs = [node.input[0], node.input[2] if len(node.input) > 2 else ""]
+        nodes += [
+            helper.make_node("MatMulInteger", [inputs[0], f"{base}_hi", inputs[1]], [f"{out}_hi"]),
+            helper.make_node("MatMulInteger", [inputs[0], f"{base}_lo", inputs[1]], [f"{out}_lo"]),
+            helper.make_node("Mul", [f"{out}_hi", f"{base}_two"], [f"{out}_hi2"]),
+            helper.make_node("Add", [f"{out}_hi2", f"{out}_lo"], [out]),
+        ]
+        rewritten += 1
+    used = {name for node in nodes for name in node.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.node[:], graph.initializer[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(kept)
+    return rewritten
+
+
+def _u8s8_probe() -> tuple[bytes, np.ndarray, np.ndarray]:
+    """One ``MatMulInteger`` of uint8 [16, 64] by a constant int8 [64, 4]: the graph, its input, its weight.
+
+    Rows of 255 against columns of +-127 are the products that saturate 16-bit pair sums; the other rows
+    and columns mix large and small values."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.tile(np.array([127, -127, 127, -127], np.int8), (64, 1))
+    weight[1::2, 2:] = 1
+    activations = np.full((16, 64), 255, np.uint8)
+    activations[8:] = np.arange(64, dtype=np.uint8)[None, :] * 4 + 3
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])],
+        "u8s8_probe",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [16, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [16, 4])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    return model.SerializeToString(), activations, weight
+
+
+@lru_cache(maxsize=1)
+def u8s8_is_exact() -> bool:
+    """Whether onnxruntime's uint8 x int8 ``MatMulInteger`` gives exact int32 sums on this CPU."""
+    import onnxruntime as ort
+
+    graph, activations, weight = _u8s8_probe()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+    exact = activations.astype(np.int64) @ weight.astype(np.int64)
+    return bool(np.array_equal(session.run(None, {"a": activations})[0], exact))
+
+
 class ClipEncoder:
     """Frozen features: the class tokens of ``taps`` for each image, one image per onnxruntime call."""
 
-    def __init__(self, path: str | Path | None = None, taps: Sequence[int] = DEFAULT_TAPS, threads: int = 1):
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        taps: Sequence[int] = DEFAULT_TAPS,
+        threads: int = 1,
+        split_int8: bool | None = None,
+    ):
         import onnxruntime as ort
 
         self.path = locate_clip_onnx(path)
         self.sha256 = CLIP_SHA256
         self.taps = tuple(int(t) for t in taps)
+        # None: split the weights only where this CPU's uint8 x int8 products are not exact
+        self.split_int8 = not u8s8_is_exact() if split_int8 is None else split_int8
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, threads)
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.session = ort.InferenceSession(
-            tapped_graph(self.path, self.taps), options, providers=["CPUExecutionProvider"]
+            tapped_graph(self.path, self.taps, self.split_int8), options, providers=["CPUExecutionProvider"]
         )
 
     @property
@@ -204,7 +308,7 @@ class ClipEncoder:
         return WIDTH * len(self.taps)
 
     def describe(self) -> dict[str, object]:
-        return {"file": CLIP_FILE, "sha256": self.sha256, "taps": list(self.taps)}
+        return {"file": CLIP_FILE, "sha256": self.sha256, "taps": list(self.taps), "int8": INT8_EXACT}
 
     def features(self, pixels: np.ndarray | torch.Tensor) -> np.ndarray:
         """(N, 3, 224, 224) normalised pixels -> (N, dim) float32."""
@@ -268,6 +372,12 @@ def encoder_from_meta(meta_encoder: dict) -> ClipEncoder:
     if meta_encoder.get("sha256", CLIP_SHA256) != CLIP_SHA256:
         raise EncoderUnavailable(
             f"unknown encoder sha256 {meta_encoder.get('sha256')}: this genart knows {CLIP_FILE}"
+        )
+    if meta_encoder.get("int8") != INT8_EXACT:
+        raise EncoderUnavailable(
+            "this artefact's head was trained by a genart whose INT8 encoder gave different features on CPUs "
+            "without VNNI (saturating int8 products), so its scores depend on the machine that trained it: "
+            "train it again (`genart train --config <its config>`, or `make wild` for the wild models)"
         )
     return ClipEncoder(taps=meta_encoder.get("taps", DEFAULT_TAPS))
 

@@ -12,8 +12,12 @@ from genart.models.clip import (
     ClipEncoder,
     ClipHead,
     EncoderUnavailable,
+    _u8s8_probe,
+    encoder_from_meta,
     locate_clip_onnx,
+    split_int8_weights,
     tapped_graph,
+    u8s8_is_exact,
 )
 from genart.train.head import fit_head
 
@@ -83,3 +87,44 @@ def test_head_reproduces_the_regression_and_survives_a_round_trip(encoder):
     assert set(detector.state_dict()) == {"head.mean", "head.scale", "head.linear.weight", "head.linear.bias"}
     images = torch.randn(2, 3, CLIP_SPEC.input_size, CLIP_SPEC.input_size)
     torch.testing.assert_close(detector(images), restored(images))
+
+
+def test_split_int8_weights_give_exact_products_on_any_cpu():
+    """The probe's 255 x 127 pairs saturate a 16-bit pair sum (AVX2 without VNNI); split, they cannot."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    graph, activations, weight = _u8s8_probe()
+    model = onnx.load_from_string(graph)
+    assert split_int8_weights(model) == 1
+    halves = [
+        numpy_helper.to_array(init)
+        for init in model.graph.initializer
+        if init.data_type == onnx.TensorProto.INT8
+    ]
+    assert len(halves) == 2 and all(np.abs(h).max() <= 64 for h in halves)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    exact = activations.astype(np.int64) @ weight.astype(np.int64)
+    assert exact.max() > 2 * 32767  # why: a 16-bit lane would saturate on these sums
+    np.testing.assert_array_equal(session.run(None, {"a": activations})[0], exact)
+
+
+def test_split_encoder_gives_the_exact_features_where_this_cpu_is_exact():
+    """Features are the same integers whichever way they are computed, where the CPU multiplies exactly;
+    on a saturating CPU the unsplit graph's features differ and the encoder splits by default."""
+    pixels = np.random.default_rng(2).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    split = ClipEncoder(taps=(6,), split_int8=True).features(pixels)
+    unsplit = ClipEncoder(taps=(6,), split_int8=False).features(pixels)
+    assert ClipEncoder(taps=(6,)).split_int8 is not u8s8_is_exact()
+    if u8s8_is_exact():
+        np.testing.assert_array_equal(split, unsplit)
+    else:
+        assert not np.array_equal(split, unsplit)
+
+
+def test_artefact_from_before_exact_int8_is_refused(encoder):
+    described = encoder.describe()
+    assert encoder_from_meta(described).taps == encoder.taps
+    with pytest.raises(EncoderUnavailable, match="train it again"):
+        encoder_from_meta({k: v for k, v in described.items() if k != "int8"})

@@ -35,7 +35,7 @@ def test_fit_frozen_writes_a_self_describing_artefact(ray_cluster, small_manifes
     result = fit_frozen(config, small_manifest, out=tmp_path / "artifacts", artifact_name="clip")
     meta = json.loads((result.artifact / "genart.json").read_text())
     assert meta["kind"] == "clip" and meta["encoder"] == {
-        "file": "clip_encoder.int8.onnx", "sha256": CLIP_SHA256, "taps": [6, 7]}  # fmt: skip
+        "file": "clip_encoder.int8.onnx", "sha256": CLIP_SHA256, "taps": [6, 7], "int8": "exact"}  # fmt: skip
     assert meta["trained_on"]["generated"] is False and meta["trained_on"]["images"] > 0
     assert 0.0 <= meta["threshold"] <= 1.0 and meta["temperature"] > 0
     assert {"test_roc_auc", "ece_after"} <= set(result.metrics)
