@@ -244,20 +244,21 @@ def split_int8_weights(model) -> int:
 
 
 def _u8s8_probe() -> tuple[bytes, np.ndarray, np.ndarray]:
-    """One ``MatMulInteger`` of uint8 [16, 64] by a constant int8 [64, 4]: the graph, its input, its weight.
+    """One ``MatMulInteger`` of uint8 [16, 768] by a constant int8 [768, 4] (the encoder's inner size, so
+    onnxruntime takes the kernel it takes there): the graph, its input, its weight.
 
     Rows of 255 against columns of +-127 are the products that saturate 16-bit pair sums; the other rows
     and columns mix large and small values."""
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = np.tile(np.array([127, -127, 127, -127], np.int8), (64, 1))
+    weight = np.tile(np.array([127, -127, 127, -127], np.int8), (768, 1))
     weight[1::2, 2:] = 1
-    activations = np.full((16, 64), 255, np.uint8)
-    activations[8:] = np.arange(64, dtype=np.uint8)[None, :] * 4 + 3
+    activations = np.full((16, 768), 255, np.uint8)
+    activations[8:] = (np.arange(768)[None, :] * 7 % 256).astype(np.uint8)
     graph = helper.make_graph(
         [helper.make_node("MatMulInteger", ["a", "w"], ["y"])],
         "u8s8_probe",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [16, 64])],
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [16, 768])],
         [helper.make_tensor_value_info("y", TensorProto.INT32, [16, 4])],
         [numpy_helper.from_array(weight, "w")],
     )
